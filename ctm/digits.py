@@ -1,0 +1,19 @@
+"""The embedded default's data: scikit-learn's 1,797 8×8 digits, scaled to [−1, 1], and its mixture teacher."""
+
+import numpy as np
+
+from .teachers.gmm import GaussianMixtureTeacher
+
+
+def load_digits_images():
+    """(images (1797, 1, 8, 8) float32 in [−1, 1], labels (1797,) int64); pixel values 0..16 map to −1..1."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = (digits.images.astype(np.float32) / 8.0 - 1.0)[:, None]
+    return images, digits.target.astype(np.int64)
+
+
+def fit_digits_teacher(n_components=10, reg_covar=1e-3, seed=0):
+    """The default teacher: a full-covariance mixture fitted to the digits (~10 components draw digits; DESIGN.md)."""
+    images, _ = load_digits_images()
+    return GaussianMixtureTeacher.fit(images, n_components=n_components, reg_covar=reg_covar, seed=seed)

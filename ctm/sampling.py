@@ -1,0 +1,49 @@
+"""CTM sampling: γ-sampling (paper Alg. 2, reference §4) and its general jump-and-renoise form."""
+
+import math
+
+import torch
+
+from .schedule import SIGMA_MAX, SIGMA_MIN, karras_grid
+
+
+def jump_sample(G, x_T, t_steps, s_steps, class_labels=None, generator=None):
+    """x̃ = G(x_{t_n}, t_n, s_n), then renoise to t_{n+1} ≥ s_n: x_{t_{n+1}} = x̃ + √(t_{n+1}² − s_n²)·ε.
+
+    x_T is already at noise level t_steps[0]; the last jump lands at s_steps[-1] with no noise after it.
+    """
+    if len(s_steps) != len(t_steps) - 1 or any(s > t for s, t in zip(s_steps, t_steps[1:])):
+        raise ValueError(f"need one s per jump with s_n <= t_(n+1); got t={list(t_steps)}, s={list(s_steps)}")
+    x = x_T
+    for n, (t, s) in enumerate(zip(t_steps[:-1], s_steps)):
+        x = G(x, float(t), float(s), class_labels)
+        if n < len(s_steps) - 1:
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + math.sqrt(max(float(t_steps[n + 1]) ** 2 - float(s) ** 2, 0.0)) * eps
+    return x.clamp(-1, 1)
+
+
+def gamma_steps(nfe, gamma, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=7.0):
+    """The γ-sampler's times: a ρ-ramp of nfe+1 points, s_n = √(1−γ²)(t_{n+1} − σ_min) + σ_min."""
+    if nfe < 1 or not 0 <= gamma <= 1:
+        raise ValueError(f"need nfe >= 1 and 0 <= gamma <= 1, got nfe={nfe}, gamma={gamma}")
+    t_steps = karras_grid(nfe + 1, sigma_min, sigma_max, rho).tolist()
+    s_steps = [math.sqrt(1 - gamma ** 2) * (t - sigma_min) + sigma_min for t in t_steps[1:]]
+    s_steps[-1] = sigma_min
+    return t_steps, s_steps
+
+
+def gamma_sample(G, latents, nfe, gamma, class_labels=None, generator=None, sigma_min=SIGMA_MIN,
+                 sigma_max=SIGMA_MAX, rho=7.0):
+    """γ = 0: deterministic long jumps (the `exact` sampler); γ = 1: the CM multistep sampler. latents ~ N(0, I)."""
+    t_steps, s_steps = gamma_steps(nfe, gamma, sigma_min, sigma_max, rho)
+    return jump_sample(G, latents * sigma_max, t_steps, s_steps, class_labels, generator)
+
+
+def two_step_sample(G, latents, grid, i1, i2, class_labels=None, generator=None):
+    """The 2-step `gamma` variant: jump 80 → t_{i1}, renoise to t_{i2} (i2 <= i1), jump to σ_min."""
+    if not 0 < i2 <= i1 < len(grid) - 1:
+        raise ValueError(f"need 0 < i2 <= i1 < N-1 on the {len(grid)}-point grid, got i1={i1}, i2={i2}")
+    t_steps = [float(grid[0]), float(grid[i2]), float(grid[-1])]
+    return jump_sample(G, latents * float(grid[0]), t_steps, [float(grid[i1]), float(grid[-1])],
+                       class_labels, generator)

@@ -1,0 +1,110 @@
+"""The CTM time grid and the laws that draw (n, k, s) and the DSM noise level (reference §0, §3)."""
+
+import math
+
+import torch
+
+SIGMA_MIN, SIGMA_MAX, RHO, SIGMA_DATA = 0.002, 80.0, 7.0, 0.5
+
+
+def karras_grid(N, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
+    """t_0 = sigma_max > ... > t_{N-1} = sigma_min, float64 (EDM eq. 5 without the final 0)."""
+    if N < 2:
+        raise ValueError(f"the grid needs N >= 2 points, got N={N}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    i = torch.arange(N, dtype=torch.float64)
+    t = (sigma_max ** (1 / rho) + i / (N - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t[0], t[-1] = sigma_max, sigma_min  # exact endpoints despite rounding
+    return t
+
+
+def _check_NK(N, K):
+    if not 1 <= K <= N - 1:
+        raise ValueError(f"need 1 <= K <= N-1 (K is the largest number of teacher steps), got N={N}, K={K}")
+
+
+def k_probs(K):
+    """P(k) ∝ k on {1..K} (heun_step_strategy='weighted'); entry k-1 is P(k)."""
+    k = torch.arange(1, K + 1, dtype=torch.float64)
+    return k / k.sum()
+
+
+def joint_nk(N, K):
+    """P(n, k) of the official law: k ∝ k, then n ~ U{0..N-1-k}. Matrix indexed [n, k], k = 0 unused."""
+    _check_NK(N, K)
+    P = torch.zeros(N, K + 1, dtype=torch.float64)
+    for k, pk in zip(range(1, K + 1), k_probs(K).tolist()):
+        P[: N - k, k] = pk / (N - k)
+    return P
+
+
+def marginal_n(N, K):
+    """P(n): the start index the cache draws at generation time."""
+    return joint_nk(N, K).sum(dim=1)
+
+
+def conditional_k(N, K):
+    """P(k | n), rows indexed by n (row N-1 has no valid k and stays zero)."""
+    P = joint_nk(N, K)
+    Pn = P.sum(dim=1, keepdim=True)
+    return torch.where(Pn > 0, P / Pn.clamp_min(1e-300), torch.zeros_like(P))
+
+
+def joint_nkj(N, K):
+    """P(n, k, j) with j the grid index of s, uniform on {n+k..N-1}. Tensor indexed [n, k, j]."""
+    P = joint_nk(N, K)
+    Q = torch.zeros(N, K + 1, N, dtype=torch.float64)
+    for n in range(N):
+        for k in range(1, K + 1):
+            if P[n, k] > 0:
+                Q[n, k, n + k:] = P[n, k] / (N - n - k)
+    return Q
+
+
+def sample_official(batch, N, K, generator=None):
+    """The official draw: one k per optimiser step, then per-sample n and s index j. Returns (k, n, j)."""
+    _check_NK(N, K)
+    k = int(torch.multinomial(k_probs(K), 1, generator=generator)) + 1
+    n = torch.randint(0, N - k, (batch,), generator=generator)
+    return k, n, sample_s_index(n, torch.full_like(n, k), N, generator)
+
+
+def sample_n(batch, N, K, generator=None):
+    """n from its marginal under the official law (what the trajectory cache stores)."""
+    return torch.multinomial(marginal_n(N, K), batch, replacement=True, generator=generator)
+
+
+def sample_k_given_n(n, N, K, generator=None):
+    """Per-sample k from P(k | n), so that (n, k) follows the official joint law."""
+    if (n >= N - 1).any() or (n < 0).any():
+        raise ValueError(f"start indices must lie in 0..N-2 for N={N}, got {n.min().item()}..{n.max().item()}")
+    return torch.multinomial(conditional_k(N, K)[n].float(), 1, generator=generator).squeeze(1)
+
+
+def sample_s_index(n, k, N, generator=None):
+    """j ~ U{n+k..N-1}: s = t_j is at or below u = t_{n+k}, down to sigma_min (s = u allowed)."""
+    lo = n + k
+    r = torch.rand(n.shape, generator=generator, dtype=torch.float64)
+    return lo + torch.floor(r * (N - lo)).long()
+
+
+def sample_dsm_sigma(batch, generator=None, P_mean=-1.2, P_std=1.2, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+                     rho=RHO, diffusion_mult=0.7):
+    """DSM noise levels: ½ lognormal(P_mean, P_std) + ½ ρ-ramp uniform over its first `diffusion_mult` (reference §3)."""
+    lognormal = torch.exp(P_mean + P_std * torch.randn(batch, generator=generator, dtype=torch.float64))
+    r = diffusion_mult * torch.rand(batch, generator=generator, dtype=torch.float64)
+    ramp = (sigma_max ** (1 / rho) + r * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    pick = torch.rand(batch, generator=generator) < 0.5
+    return torch.where(pick, lognormal, ramp)
+
+
+def dsm_sigma_cdf(sigma, P_mean=-1.2, P_std=1.2, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
+                  diffusion_mult=0.7):
+    """Closed-form CDF of `sample_dsm_sigma` (for tests and documentation)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    lognormal = 0.5 * (1 + torch.erf((sigma.log() - P_mean) / (P_std * math.sqrt(2))))
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    r = (a - sigma.clamp_min(1e-300) ** (1 / rho)) / (a - b)  # ramp position of sigma
+    ramp = 1 - (r / diffusion_mult).clamp(0, 1)
+    return 0.5 * lognormal + 0.5 * ramp

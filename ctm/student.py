@@ -1,0 +1,81 @@
+"""The CTM student G_θ(x_t, t, s) (Kim et al. 2024, reference §1).
+
+G(x_t, t, s) = (s/t)·x_t + (1 − s/t)·g(x_t, t, s), g = c_skip(t)·x_t + c_out(t)·F(c_in(t)·x_t, c_noise(t), c_noise(s), y)
+with EDM's scalings at t only, so G(x, t, t) = x and g(x, t, t) is a denoiser. Both families use EDM's
+c_noise(σ) = ln(σ)/4 for t and s, since our teachers are EDM networks; the official ImageNet code instead used OpenAI's
+UNetModel with c_noise = 250·ln(σ + 1e-44).
+
+The backbone is EDM's `SongUNet` / `DhariwalUNet` built with `s_path=True`: the s-path layers carry `_s` names
+(`map_layer0_s`, `map_layer1_s`, `affine_s`), every other key is the teacher's.
+"""
+
+import torch
+
+from .networks.precond import EDMPrecond, as_class_labels, as_sigma, build_backbone, check_images, edm_scalings, model_dtype
+from .networks.songunet import SongUNet
+
+
+def is_s_path_key(key):
+    return any(part.endswith('_s') for part in key.split('.'))
+
+
+class CTMPrecond(torch.nn.Module):
+    """G_θ and g_θ around an EDM backbone with an s-path; constructor arguments are EDMPrecond's."""
+
+    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0, sigma_max=float('inf'),
+                 sigma_data=0.5, model_type='DhariwalUNet', **model_kwargs):
+        if 's_path' in model_kwargs:
+            raise ValueError('CTMPrecond always builds its backbone with s_path=True; drop the s_path argument')
+        super().__init__()
+        self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, use_fp16=use_fp16,
+                                sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, model_type=model_type, **model_kwargs)
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.label_dim = label_dim
+        self.use_fp16 = use_fp16
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self.sigma_data = sigma_data
+        self.model = build_backbone(model_type, img_resolution, img_channels, label_dim, s_path=True, **model_kwargs)
+
+    def g(self, x, t, s, class_labels=None):
+        """g_θ(x_t, t, s): the denoiser-like output; g(x, σ, σ) is the student's estimate of D(x, σ)."""
+        x = check_images(self, x)
+        t = as_sigma(t, x, 't')
+        s = as_sigma(s, x, 's')
+        class_labels = as_class_labels(self, class_labels, x)
+        c_skip, c_out, c_in, c_noise = edm_scalings(t, self.sigma_data)
+        c_noise_s = s.log() / 4
+        F_x = self.model((c_in * x).to(model_dtype(self, x)), c_noise.flatten(), class_labels, noise_labels_s=c_noise_s.flatten())
+        return c_skip * x + c_out * F_x.to(torch.float32)
+
+    def forward(self, x, t, s, class_labels=None):
+        """G_θ(x_t, t, s), the jump from time t to time s ≤ t along the PF-ODE ('euler' outer parametrization)."""
+        g = self.g(x, t, s, class_labels)
+        x = x.to(torch.float32)
+        ratio = as_sigma(s, x, 's') / as_sigma(t, x, 't')
+        return ratio * x + (1 - ratio) * g
+
+    def last_layer_weight(self):
+        """W_L for the adaptive loss weights (reference §3): SongUNet's final conv; ADM's last block's zero-init conv."""
+        if isinstance(self.model, SongUNet):
+            res = self.img_resolution
+            return self.model.dec[f'{res}x{res}_aux_conv'].weight
+        return list(self.model.dec.values())[-1].conv1.weight
+
+
+def build_ctm_student(**kwargs):
+    """A freshly initialised `CTMPrecond` from EDMPrecond's constructor arguments."""
+    return CTMPrecond(**kwargs)
+
+
+def student_from_teacher(teacher):
+    """A student of the teacher's architecture holding every teacher weight; the s-path keeps its random init."""
+    if not isinstance(teacher, EDMPrecond):
+        raise TypeError(f'student_from_teacher needs a ctm.networks.EDMPrecond teacher, got {type(teacher).__name__}')
+    student = CTMPrecond(**teacher.init_kwargs).to(next(teacher.parameters()).device)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    not_s_path = [k for k in missing if not is_s_path_key(k)]
+    if unexpected or not_s_path:
+        raise RuntimeError(f'teacher and student architectures differ: teacher keys unused {unexpected}, student keys not from the teacher {not_s_path}')
+    return student

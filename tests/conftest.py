@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+import torch
+
+from ctm.teachers.gmm import GaussianMixtureTeacher
+
+
+def make_gmm(D, K=3, seed=0, spread=0.6, scale=0.15):
+    """A well-conditioned random mixture on D dimensions (means in [−spread, spread], covariances ~scale²)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(K, 3.0))
+    means = rng.uniform(-spread, spread, (K, D))
+    A = rng.normal(size=(K, D, D)) * scale / np.sqrt(D)
+    covariances = A @ A.transpose(0, 2, 1) + (scale / 2) ** 2 * np.eye(D)
+    return GaussianMixtureTeacher(weights, means, covariances, (D,))
+
+
+@pytest.fixture
+def gmm2d():
+    return make_gmm(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,46 @@
+import math
+
+import pytest
+import torch
+
+from ctm.sampling import gamma_sample, gamma_steps, jump_sample, two_step_sample
+from ctm.schedule import karras_grid
+
+
+def test_gamma_steps():
+    t, s = gamma_steps(2, 0.0)
+    assert math.isclose(t[1], 2.5156, abs_tol=1e-3) and s == [t[1], 0.002] and t[0] == 80 and t[-1] == 0.002
+    t, s = gamma_steps(4, 1.0)
+    assert s == [0.002] * 4
+    t, s = gamma_steps(3, 0.5)
+    assert math.isclose(s[0], math.sqrt(0.75) * (t[1] - 0.002) + 0.002) and s[-1] == 0.002
+    with pytest.raises(ValueError):
+        gamma_steps(0, 0.0)
+
+
+def test_gamma_zero_lands_where_the_teacher_ode_lands(gmm2d):
+    G = lambda x, t, s, y=None: gmm2d.flow_map(x, t, s)
+    latents = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = gmm2d.flow_map(latents * 80, 80.0, 0.002).clamp(-1, 1)
+    for nfe in (1, 2, 4):
+        torch.testing.assert_close(gamma_sample(G, latents, nfe, 0.0), target, atol=1e-6, rtol=0)
+
+
+def test_gamma_one_renoises_and_two_step_variant(gmm2d):
+    calls = []
+
+    def G(x, t, s, y=None):
+        calls.append((t, s))
+        return gmm2d.flow_map(x, t, s)
+
+    latents = torch.randn(4, 2, dtype=torch.float64)
+    out1 = gamma_sample(G, latents, 3, 1.0, generator=torch.Generator().manual_seed(0))
+    out2 = gamma_sample(G, latents, 3, 1.0, generator=torch.Generator().manual_seed(1))
+    assert [s for _, s in calls] == [0.002] * 6 and not torch.allclose(out1, out2)
+    calls.clear()
+    grid = karras_grid(40)
+    two_step_sample(G, latents, grid, i1=36, i2=20)
+    assert calls == [(80.0, float(grid[36])), (float(grid[20]), 0.002)]
+    assert math.isclose(float(grid[36]), 0.0108, abs_tol=2e-4) and math.isclose(float(grid[20]), 2.24, abs_tol=0.01)
+    with pytest.raises(ValueError):
+        jump_sample(G, latents, [80.0, 1.0, 0.002], [2.0, 0.002])  # s above the next t

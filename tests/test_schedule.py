@@ -1,0 +1,88 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ctm.schedule import (conditional_k, dsm_sigma_cdf, joint_nk, joint_nkj, k_probs, karras_grid, marginal_n,
+                          sample_dsm_sigma, sample_k_given_n, sample_n, sample_official)
+
+
+def test_karras_grid_matches_closed_form():
+    t = karras_grid(18)
+    assert t[0] == 80.0 and t[-1] == 0.002 and (t[1:] < t[:-1]).all()
+    i = 5
+    expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert math.isclose(float(t[i]), expected, rel_tol=1e-14)
+    assert len(karras_grid(40)) == 40
+    assert math.isclose(float(karras_grid(3)[1]), 2.5156, abs_tol=1e-3)  # the NFE-2 midpoint
+
+
+def test_grid_rejects_bad_bounds():
+    with pytest.raises(ValueError, match="sigma_min"):
+        karras_grid(18, sigma_min=80, sigma_max=1)
+
+
+def test_joint_law_closed_form():
+    N, K = 18, 17
+    P = joint_nk(N, K)
+    assert math.isclose(float(P.sum()), 1.0, rel_tol=1e-14)
+    # P(n=0, k) = (k / (K(K+1)/2)) / (N-k) and zero where n + k > N - 1
+    assert math.isclose(float(P[0, 3]), 3 / 153 / 15, rel_tol=1e-14)
+    assert float(P[1, 17]) == 0.0 and float(P[0, 17]) > 0
+    Q = joint_nkj(N, K)
+    assert torch.allclose(Q.sum(2), P, rtol=1e-13, atol=0)
+
+
+def test_marginal_times_conditional_is_the_joint():
+    for N, K in [(18, 17), (40, 39), (40, 20), (6, 3)]:
+        P = joint_nk(N, K)
+        rebuilt = marginal_n(N, K)[:, None] * conditional_k(N, K)
+        assert torch.allclose(rebuilt, P, rtol=1e-14, atol=0)
+        assert torch.allclose(conditional_k(N, K)[:-1].sum(1), torch.ones(N - 1, dtype=torch.float64))
+
+
+def chi2_pvalue(counts, probs):
+    keep = probs > 0
+    assert counts[~keep].sum() == 0, "drew an impossible value"
+    return stats.chisquare(counts[keep], probs[keep] * counts.sum()).pvalue
+
+
+def test_official_sampler_frequencies_chi_square():
+    N, K, draws = 8, 5, 30000
+    g = torch.Generator().manual_seed(1)
+    counts = np.zeros((N, K + 1, N))
+    for _ in range(draws):
+        k, n, j = sample_official(1, N, K, g)
+        counts[int(n), k, int(j)] += 1
+    assert chi2_pvalue(counts.ravel(), joint_nkj(N, K).numpy().ravel()) > 1e-3
+
+
+def test_cache_factorisation_reproduces_the_official_law():
+    N, K, draws = 18, 17, 200000
+    g = torch.Generator().manual_seed(2)
+    n = sample_n(draws, N, K, g)
+    k = sample_k_given_n(n, N, K, g)
+    counts = np.zeros((N, K + 1))
+    np.add.at(counts, (n.numpy(), k.numpy()), 1)
+    assert chi2_pvalue(counts.ravel(), joint_nk(N, K).numpy().ravel()) > 1e-3
+    # and k alone follows P(k) ∝ k
+    assert chi2_pvalue(counts.sum(0)[1:], k_probs(K).numpy()) > 1e-3
+
+
+def test_sampler_is_sensitive_to_a_wrong_law():
+    N, K = 18, 17
+    n = torch.randint(0, N - 1, (200000,), generator=torch.Generator().manual_seed(3))  # uniform n: not the law
+    counts = np.bincount(n.numpy(), minlength=N)
+    assert chi2_pvalue(counts, marginal_n(N, K).numpy()) < 1e-6
+
+
+def test_dsm_sigma_mixture_matches_its_cdf():
+    sigma = sample_dsm_sigma(100000, torch.Generator().manual_seed(4))
+    ks = stats.kstest(sigma.numpy(), lambda s: dsm_sigma_cdf(torch.from_numpy(np.asarray(s))).numpy())
+    assert ks.pvalue > 1e-3
+    # half of the mass is the ramp over [0.318, 80]
+    ramp_lo = (80 ** (1 / 7) + 0.7 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert math.isclose(ramp_lo, 0.318, abs_tol=1e-3)
+    assert math.isclose(float(dsm_sigma_cdf(80.0)), 0.5 + 0.5 * stats.norm.cdf((math.log(80) + 1.2) / 1.2), rel_tol=1e-9)
