@@ -65,7 +65,7 @@ def diff_augment(x, policy="color,translation,cutout", translation_ratio=0.125, 
     names = [p for p in policy.split(",") if p]
     unknown = [p for p in names if p not in POLICIES]
     if unknown:
-        raise ValueError(f"unknown DiffAugment policy {unknown} in '{policy}': use a comma-separated subset of {POLICIES}")
+        raise ValueError(f"unknown DiffAugment policy {unknown} in '{policy}': pick from {POLICIES}")
     for name in names:
         if name == "color":
             x = color(x, generator)

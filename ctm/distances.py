@@ -59,7 +59,7 @@ class LPIPS(nn.Module):
         for i, c in enumerate(LPIPS_CHANNELS):
             w = lin_state[f"lin{i}.model.1.weight"]
             if w.shape != (1, c, 1, 1):
-                raise ValueError(f"'{lin_path}': lin{i}.model.1.weight has shape {tuple(w.shape)}, expected (1, {c}, 1, 1)")
+                raise ValueError(f"'{lin_path}': lin{i}.model.1.weight is {tuple(w.shape)}, expected (1, {c}, 1, 1)")
             self.register_buffer(f"w{i}", w.float())
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))  # lpips ScalingLayer
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))

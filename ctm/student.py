@@ -11,7 +11,7 @@ The backbone is EDM's `SongUNet` / `DhariwalUNet` built with `s_path=True`: the 
 
 import torch
 
-from .networks.precond import EDMPrecond, as_class_labels, as_sigma, build_backbone, check_images, edm_scalings, model_dtype
+from .networks.precond import EDMPrecond, as_class_labels, as_images, as_sigma, build_backbone, edm_scalings, model_dtype
 from .networks.songunet import SongUNet
 
 
@@ -40,7 +40,7 @@ class CTMPrecond(torch.nn.Module):
 
     def g(self, x, t, s, class_labels=None):
         """g_θ(x_t, t, s): the denoiser-like output; g(x, σ, σ) is the student's estimate of D(x, σ)."""
-        x = check_images(self, x)
+        x = as_images(self, x)
         t = as_sigma(t, x, 't')
         s = as_sigma(s, x, 's')
         class_labels = as_class_labels(self, class_labels, x)

@@ -8,6 +8,8 @@ from ctm.distances import LPIPS, build_distance, l2, pseudo_huber
 
 CHANNELS = (64, 128, 256, 512, 512)
 RELU_IDS = (3, 8, 15, 22, 29)
+SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(3, 1, 1)  # lpips ScalingLayer
+SCALE = torch.tensor([0.458, 0.448, 0.450]).view(3, 1, 1)
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
 
@@ -35,7 +37,7 @@ def reference_lpips(x, y, features, lin, avg_pool):
     convs = [int(k.split(".")[1]) for k in features if k.endswith(".weight")]
 
     def feats(h):
-        h = (h - torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)) / torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+        h = (h - SHIFT) / SCALE
         out = []
         for i in range(30):
             if i in convs:

@@ -31,7 +31,7 @@ def edm_scalings(sigma, sigma_data):
     return c_skip, c_out, c_in, c_noise
 
 
-def check_images(net, x):
+def as_images(net, x):
     expected = (net.img_channels, net.img_resolution, net.img_resolution)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise ValueError(f'{type(net).__name__} expects images of shape (B, {", ".join(map(str, expected))}), got {tuple(x.shape)}')
@@ -94,7 +94,7 @@ class EDMPrecond(torch.nn.Module):
         self.model = build_backbone(model_type, img_resolution, img_channels, label_dim, **model_kwargs)
 
     def forward(self, x, sigma, class_labels=None):
-        x = check_images(self, x)
+        x = as_images(self, x)
         sigma = as_sigma(sigma, x)
         class_labels = as_class_labels(self, class_labels, x)
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)

@@ -15,6 +15,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ctm.networks import build_edm_network
+
 
 class RefusedPickleError(pickle.UnpicklingError):
     """The pickle asks for something an EDM network pickle never holds; nothing it names has been run."""
@@ -31,18 +33,13 @@ class PersistentObject:
         return f"PersistentObject({self.class_name!r})"
 
 
-class TorchModule:
-    """A plain torch container (e.g. `torch.nn.ModuleDict`) pickled the usual way, kept as data: `state` is its `__dict__`."""
-
-    class_name = "torch.nn.Module"
+class TorchModuleDict:
+    """A `torch.nn.ModuleDict` (a plain torch class in EDM's networks) pickled the usual way, kept as data: its `__dict__`."""
 
     def __setstate__(self, state):
         if not isinstance(state, dict):
-            raise RefusedPickleError(f"{self.class_name} state is {type(state).__name__}, expected a dict")
+            raise RefusedPickleError(f"torch.nn.ModuleDict state is {type(state).__name__}, expected a dict")
         self.state = state
-
-    def __repr__(self):
-        return f"TorchModule({self.class_name!r})"
 
 
 def _persistent_object(meta):
@@ -52,10 +49,6 @@ def _persistent_object(meta):
     if not isinstance(meta.get("state"), dict):
         raise RefusedPickleError(f"persistent {meta['class_name']} has no state dict")
     return PersistentObject(meta["class_name"], meta["state"])
-
-
-def _torch_module_class(qualified_name):
-    return type(qualified_name.rsplit(".", 1)[1], (TorchModule,), {"class_name": qualified_name})
 
 
 def _load_storage(data):
@@ -92,8 +85,6 @@ ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "frozenset"): frozenset,
     ("_codecs", "encode"): _latin1_bytes,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
@@ -101,13 +92,12 @@ ALLOWED_GLOBALS = {
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    **{("torch.nn.modules.container", name): _torch_module_class(f"torch.nn.{name}")
-       for name in ("ModuleDict", "ModuleList", "Sequential")},
+    ("torch.nn.modules.container", "ModuleDict"): TorchModuleDict,
 }
 
 
 class EDMUnpickler(pickle.Unpickler):
-    """Unpickles EDM files into plain data: tensors, dicts, numbers, `PersistentObject` and `TorchModule` records."""
+    """Unpickles EDM files into plain data: tensors, dicts, numbers, `PersistentObject` and `TorchModuleDict` records."""
 
     def find_class(self, module, name):
         if (module, name) not in ALLOWED_GLOBALS:
@@ -132,11 +122,13 @@ def read_edm_pickle(path):
 
 
 def _describe(obj):
-    return repr(obj) if isinstance(obj, (PersistentObject, TorchModule)) else type(obj).__name__
+    if isinstance(obj, PersistentObject):
+        return f"a persistent {obj.class_name}"
+    return "a torch.nn.ModuleDict" if isinstance(obj, TorchModuleDict) else f"a {type(obj).__name__}"
 
 
 def _module_state(obj, where):
-    state = obj.state if isinstance(obj, (PersistentObject, TorchModule)) else {}
+    state = obj.state if isinstance(obj, (PersistentObject, TorchModuleDict)) else {}
     if not all(isinstance(state.get(k), dict) for k in ("_parameters", "_buffers", "_modules")):
         raise ValueError(f"{where} is {_describe(obj)}, expected a pickled torch.nn.Module")
     return state
@@ -165,10 +157,9 @@ def load_edm(path, key="ema"):
 
     The constructor arguments recorded in the pickle are kept as `module.edm_init_kwargs`.
     """
-    from ctm.networks import build_edm_network
     data = read_edm_pickle(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not an EDM network pickle: it holds a {_describe(data)}, "
+        raise ValueError(f"{path}: not an EDM network pickle: it holds {_describe(data)}, "
                          f"expected a dict with the network under {key!r}")
     if key not in data:
         raise ValueError(f"{path}: not an EDM network pickle: no entry {key!r}; entries present: {sorted(map(str, data))}")

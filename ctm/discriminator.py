@@ -1,0 +1,230 @@
+"""Projected multi-scale discriminator (Projected GAN, Sauer et al. 2021; StyleGAN-XL), as in CTM's GAN loss (ref. §3).
+
+Frozen feature networks -> fixed random cross-channel / cross-scale mixing -> one trainable patch head per scale.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from ctm.diffaug import diff_augment
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_WEIGHT_FILES = {  # torchvision's IMAGENET1K_V1 state dicts
+    "efficientnet_b0": "efficientnet_b0_rwightman-7f5810bc.pth",
+    "vit_b_16": "vit_b_16-c867db91.pth",
+}
+VIT_BLOCKS = (2, 5, 8, 11)  # transformer blocks read out as the four scales (StyleGAN-XL's DeiT hooks)
+
+
+class FeatureNetwork(nn.Module):
+    """Protocol: forward(x in [-1, 1], NCHW) -> list of 4 feature maps at decreasing resolutions.
+
+    Attributes: `channels` (per map), `resolution` (input size it works at), `img_channels` (input channels).
+    Unless trainable, it is frozen: no parameter requires grad and it stays in eval mode.
+    """
+
+    def __init__(self, channels, resolution, img_channels, trainable=False):
+        super().__init__()
+        self.channels, self.resolution = list(channels), resolution
+        self.img_channels, self.trainable = img_channels, trainable
+
+    def freeze_unless_trainable(self):
+        self.requires_grad_(self.trainable)
+        return self.train()
+
+    def train(self, mode=True):
+        return super().train(mode and self.trainable)
+
+    def resize(self, x):
+        if x.shape[-2:] == (self.resolution, self.resolution):
+            return x
+        return F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+
+
+class TinyFeatureNetwork(FeatureNetwork):
+    """Four stride-2 conv stages, fixed random init (no download); inputs are resized to `resolution` (e.g. 8 -> 32)."""
+
+    def __init__(self, img_channels, widths=(16, 32, 64, 128), resolution=32, trainable=False, seed=0):
+        super().__init__(widths, resolution, img_channels, trainable)
+        if len(widths) != 4 or resolution < 16:
+            raise ValueError(f"TinyFeatureNetwork needs 4 widths and resolution >= 16, got {widths} and {resolution}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            c_in = [img_channels, *widths[:-1]]
+            self.stages = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.2)) for a, b in zip(c_in, widths)
+            )
+        self.freeze_unless_trainable()
+
+    def forward(self, x):
+        h, out = self.resize(x), []
+        for stage in self.stages:
+            h = stage(h)
+            out.append(h)
+        return out
+
+
+def load_torchvision_weights(arch, weights_path):
+    """torchvision.models.<arch> with every weight read from the local file `weights_path`."""
+    file_name = TORCHVISION_WEIGHT_FILES[arch]
+    if weights_path is None or not Path(weights_path).is_file():
+        where = "no path was given" if weights_path is None else f"'{weights_path}' does not exist"
+        raise FileNotFoundError(
+            f"the '{arch}' feature network needs torchvision's ImageNet weights '{file_name}', but {where}. It cannot "
+            f"be downloaded here: place a copy of '{file_name}' on this machine and pass its path for '{arch}'."
+        )
+    with torch.device("meta"):  # no random init: every weight comes from the file
+        model = getattr(torchvision.models, arch)(weights=None)
+    try:
+        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"'{weights_path}' is not a torchvision {arch} state dict: {e}") from e
+    return model
+
+
+class TorchvisionFeatureNetwork(FeatureNetwork):
+    """Frozen ImageNet backbone read from a local torchvision weights file; four stages at 224x224 input."""
+
+    def __init__(self, arch, weights_path):
+        if arch not in TORCHVISION_WEIGHT_FILES:
+            raise ValueError(f"unknown torchvision feature network '{arch}': use {list(TORCHVISION_WEIGHT_FILES)}")
+        model = load_torchvision_weights(arch, weights_path)
+        if arch == "efficientnet_b0":  # the stages Projected GAN reads from EfficientNet-lite0: strides 4, 8, 16, 32
+            super().__init__((24, 40, 112, 320), 224, 3)
+            f = model.features
+            self.stages = nn.ModuleList([f[0:3], f[3], f[4:6], f[6:8]])
+        else:
+            super().__init__((768,) * 4, 224, 3)
+            self.vit = model
+        self.arch = arch
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.freeze_unless_trainable()
+
+    def vit_features(self, x):
+        """Patch tokens after blocks 3, 6, 9, 12 as 14x14 maps, resampled to strides 4..32 (DPT, fixed resampling)."""
+        h = self.vit.conv_proj(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.vit.class_token.expand(len(h), -1, -1), h], dim=1)
+        h = self.vit.encoder.dropout(h + self.vit.encoder.pos_embedding)
+        maps = []
+        for i, block in enumerate(self.vit.encoder.layers):
+            h = block(h)
+            if i in VIT_BLOCKS:
+                maps.append(h[:, 1:].transpose(1, 2).unflatten(2, (14, 14)))
+        up = lambda m, k: F.interpolate(m, scale_factor=k, mode="bilinear", align_corners=False)
+        return [up(maps[0], 4), up(maps[1], 2), maps[2], F.avg_pool2d(maps[3], 2)]
+
+    def forward(self, x):
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = self.resize(((x + 1) / 2 - self.mean) / self.std)
+        if self.arch == "vit_b_16":
+            return self.vit_features(x)
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+class FixedConv1x1(nn.Module):
+    """A 1x1 conv with random, never-trained weights held as buffers (nn.Conv2d's default init distribution)."""
+
+    def __init__(self, c_in, c_out, generator):
+        super().__init__()
+        bound = c_in**-0.5
+        self.register_buffer("weight", (torch.rand(c_out, c_in, 1, 1, generator=generator) * 2 - 1) * bound)
+        self.register_buffer("bias", (torch.rand(c_out, generator=generator) * 2 - 1) * bound)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias)
+
+
+class RandomProjection(nn.Module):
+    """Cross-channel mixing (CCM) then cross-scale mixing (CSM, top-down upsample + add), Projected GAN §3.2."""
+
+    def __init__(self, channels, cout=64, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.channels = [cout * 2**i for i in range(len(channels))]  # "expand": cout, 2cout, 4cout, 8cout
+        self.ccm = nn.ModuleList(FixedConv1x1(a, b, g) for a, b in zip(channels, self.channels))
+        self.csm = nn.ModuleList(FixedConv1x1(b, a, g) for a, b in zip(self.channels[:-1], self.channels[1:]))
+
+    def forward(self, features):
+        mixed = [ccm(f) for ccm, f in zip(self.ccm, features)]
+        out = [mixed[-1]]
+        for i in reversed(range(len(mixed) - 1)):
+            top = F.interpolate(self.csm[i](out[0]), size=mixed[i].shape[-2:], mode="bilinear", align_corners=False)
+            out.insert(0, mixed[i] + top)
+        return out
+
+
+class PatchHead(nn.Module):
+    """Trainable head on one scale: (SN-conv 4x4/2, BN, LeakyReLU) down to 8x8, then an SN-conv to a map of logits."""
+
+    def __init__(self, channels, resolution, end_resolution=8):
+        super().__init__()
+        layers = []
+        while resolution > end_resolution:
+            width = min(2 * channels, 512)
+            conv = spectral_norm(nn.Conv2d(channels, width, 4, stride=2, padding=1, bias=False))
+            layers += [conv, nn.BatchNorm2d(width), nn.LeakyReLU(0.2)]
+            channels, resolution = width, resolution // 2
+        layers.append(spectral_norm(nn.Conv2d(channels, 1, min(4, resolution), bias=False)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).flatten(1)
+
+
+class ProjectedDiscriminator(nn.Module):
+    """forward(x in [-1, 1]) -> (B, L) unconditional patch logits of every head of every feature network.
+
+    In training mode each feature network sees its own DiffAugment draw of x, as in StyleGAN-XL.
+    """
+
+    def __init__(self, feature_networks, diffaug_policy="color,translation,cutout", cout=64, seed=0):
+        super().__init__()
+        self.feature_networks = nn.ModuleList(feature_networks)
+        self.projections = nn.ModuleList(
+            RandomProjection(net.channels, cout, seed + i) for i, net in enumerate(self.feature_networks)
+        )
+        self.heads = nn.ModuleList()
+        for net, projection in zip(self.feature_networks, self.projections):
+            with torch.no_grad():
+                x = torch.zeros(1, net.img_channels, net.resolution, net.resolution)
+                resolutions = [f.shape[-1] for f in net(x)]
+            self.heads.append(nn.ModuleList(PatchHead(c, r) for c, r in zip(projection.channels, resolutions)))
+        self.diffaug_policy = diffaug_policy
+
+    def forward(self, x):
+        logits = []
+        for net, projection, heads in zip(self.feature_networks, self.projections, self.heads):
+            x_aug = diff_augment(x, self.diffaug_policy) if self.training else x
+            logits += [head(f) for head, f in zip(heads, projection(net(x_aug)))]
+        return torch.cat(logits, dim=1)
+
+
+def build_discriminator(kind="tiny", img_channels=3, weights_paths=None, cout=64, tiny_resolution=32,
+                        diffaug_policy="color,translation,cutout"):
+    """kind: '+'-separated feature networks, e.g. 'tiny' or 'efficientnet_b0+vit_b_16' (4 heads each).
+
+    weights_paths maps each torchvision arch to its local weights file.
+    """
+    weights_paths = weights_paths or {}
+    networks = []
+    for name in kind.split("+"):
+        if name == "tiny":
+            networks.append(TinyFeatureNetwork(img_channels, resolution=tiny_resolution))
+        elif name in TORCHVISION_WEIGHT_FILES:
+            networks.append(TorchvisionFeatureNetwork(name, weights_paths.get(name)))
+        else:
+            choices = ["tiny", *TORCHVISION_WEIGHT_FILES]
+            raise ValueError(f"unknown feature network '{name}' in kind '{kind}': pick from {choices}")
+    return ProjectedDiscriminator(networks, diffaug_policy, cout)

@@ -1,0 +1,56 @@
+"""One CTM training step's pieces, as the official loop composes them (reference §3): the G objective, the D
+objective and the EMA updates. The data, the teacher segment x_u and the draws come from the caller."""
+
+import torch
+
+from .losses import d_hinge_loss, g_gan_loss, lambda_dsm, lambda_gan
+
+
+def heun_segment(denoise, x_t, grid, n, k, class_labels=None):
+    """x_u = Heun^k(x_t) along `grid` from index n to n+k, per sample (n, k: (B,) long; 2 NFE per step)."""
+    x = x_t
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    grid = grid.to(x_t.device, torch.float64)
+    for i in range(int(k.max())):
+        active = (i < k).reshape(shape)
+        idx = (n + i).clamp(max=len(grid) - 2)
+        t_cur, t_next = grid[idx].to(x.dtype), grid[idx + 1].to(x.dtype)
+        d_cur = (x - denoise(x, t_cur, class_labels)) / t_cur.reshape(shape)
+        x_euler = x + (t_next - t_cur).reshape(shape) * d_cur
+        d_next = (x_euler - denoise(x_euler, t_next, class_labels)) / t_next.reshape(shape)
+        x = torch.where(active, x + (t_next - t_cur).reshape(shape) * 0.5 * (d_cur + d_next), x)
+    return x
+
+
+def generator_objective(G, G_target, ctm_loss, dsm_loss, x_t, t, x_u, u, s, x0, sigma_dsm, noise_dsm,
+                        last_layer, D=None, weight_dsm=None, weight_gan=None, class_labels=None):
+    """L = L_CTM + λ_DSM·L_DSM (+ λ_GAN·L_G when a discriminator is given). λ's adaptive unless fixed values are given.
+
+    Returns (L, x_est, stats) with stats of plain floats.
+    """
+    L_ctm, x_est = ctm_loss(G, G_target, x_t, t, x_u, u, s, class_labels)
+    L_ctm = L_ctm.mean()
+    L_dsm = dsm_loss(G.g, x0, sigma_dsm, noise_dsm, class_labels).mean()
+    lam_dsm = lambda_dsm(L_ctm, L_dsm, last_layer) if weight_dsm is None else torch.as_tensor(weight_dsm)
+    loss = L_ctm + lam_dsm * L_dsm
+    stats = {"loss_ctm": L_ctm.item(), "loss_dsm": L_dsm.item(), "lambda_dsm": float(lam_dsm)}
+    if D is not None:
+        L_g = g_gan_loss(D(x_est))
+        lam_gan = lambda_gan(L_ctm, L_g, last_layer) if weight_gan is None else torch.as_tensor(weight_gan)
+        loss = loss + lam_gan * L_g
+        stats.update(loss_g=L_g.item(), lambda_gan=float(lam_gan))
+    return loss, x_est, stats
+
+
+def discriminator_objective(D, x0, x_est):
+    """Hinge loss with the real data x0 as the real branch and the student's x_est as the fake one."""
+    return d_hinge_loss(D(x0), D(x_est.detach()))
+
+
+@torch.no_grad()
+def ema_update(target, source, mu):
+    """θ⁻ ← μ·θ⁻ + (1 − μ)·θ for every parameter; buffers are copied."""
+    for p_t, p in zip(target.parameters(), source.parameters()):
+        p_t.lerp_(p.detach(), 1 - mu)
+    for b_t, b in zip(target.buffers(), source.buffers()):
+        b_t.copy_(b)

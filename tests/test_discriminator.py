@@ -1,0 +1,143 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import ctm.discriminator as discriminator
+from ctm.discriminator import (
+    ProjectedDiscriminator,
+    RandomProjection,
+    TinyFeatureNetwork,
+    TorchvisionFeatureNetwork,
+    build_discriminator,
+)
+
+EFFNET_FILE = "efficientnet_b0_rwightman-7f5810bc.pth"
+VIT_FILE = "vit_b_16-c867db91.pth"
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def effnet_file(tmp_path_factory):
+    """Random efficientnet_b0 weights saved as torchvision's state dict."""
+    path = tmp_path_factory.mktemp("weights") / EFFNET_FILE
+    torch.manual_seed(0)
+    torch.save(torchvision.models.efficientnet_b0(weights=None).state_dict(), path)
+    return path
+
+
+def imagenet_input(x):
+    x = ((x + 1) / 2 - MEAN) / STD
+    return F.interpolate(x, size=224, mode="bilinear", align_corners=False)
+
+
+def test_tiny_output_shape():
+    for img_channels, size in [(1, 8), (3, 32)]:
+        D = build_discriminator("tiny", img_channels=img_channels)
+        x = torch.rand(2, img_channels, size, size) * 2 - 1
+        # scales 16, 8, 4, 2 -> heads give 5x5, 5x5, 1x1, 1x1 patch logits
+        assert D(x).shape == (2, 52)
+        assert len(D.heads) == 1 and len(D.heads[0]) == 4
+
+
+def test_gradients_reach_heads_and_input_only():
+    D = build_discriminator("tiny", img_channels=3, cout=16).train()
+    net = D.feature_networks[0]
+    assert not net.training  # frozen networks stay in eval mode
+    x = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    D(x).mean().backward()
+    assert x.grad.abs().sum() > 0
+    head_params = list(D.heads.parameters())
+    assert head_params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head_params)
+    assert all(not p.requires_grad and p.grad is None for p in net.parameters())
+    assert list(D.projections.parameters()) == [] and len(list(D.projections.buffers())) == 14  # 4 CCM + 3 CSM convs
+    assert all(not b.requires_grad for b in D.projections.buffers())
+    trained = {n for n, p in D.named_parameters() if p.requires_grad}
+    assert trained == {f"heads.{n}" for n, _ in D.heads.named_parameters()}
+
+
+def test_trainable_tiny_network_gets_gradients():
+    net = TinyFeatureNetwork(1, widths=(4, 8, 8, 8), resolution=16, trainable=True)
+    D = ProjectedDiscriminator([net], cout=8).train()
+    assert net.training
+    D(torch.rand(2, 1, 8, 8) * 2 - 1).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_frozen_init_is_fixed_by_seed():
+    a, b, c = TinyFeatureNetwork(3, seed=0), TinyFeatureNetwork(3, seed=0), TinyFeatureNetwork(3, seed=1)
+    assert torch.equal(a.stages[0][0].weight, b.stages[0][0].weight)
+    assert not torch.equal(a.stages[0][0].weight, c.stages[0][0].weight)
+    p = RandomProjection([4, 8, 8, 8], cout=4, seed=3)
+    assert torch.equal(p.ccm[0].weight, RandomProjection([4, 8, 8, 8], cout=4, seed=3).ccm[0].weight)
+
+
+def test_cross_scale_mixing_is_top_down():
+    p = RandomProjection([2, 2, 2, 2], cout=2)
+    features = [torch.randn(1, 2, r, r) for r in (8, 4, 2, 1)]
+    out = p(features)
+    assert [f.shape[1:] for f in out] == [(2, 8, 8), (4, 4, 4), (8, 2, 2), (16, 1, 1)]
+    assert torch.allclose(out[3], p.ccm[3](features[3]))
+    top = F.interpolate(p.csm[2](out[3]), size=(2, 2), mode="bilinear", align_corners=False)
+    assert torch.allclose(out[2], p.ccm[2](features[2]) + top)
+    changed = [f.clone() for f in features]
+    changed[0] += 1  # the finest scale never reaches coarser outputs
+    assert all(torch.equal(a, b) for a, b in zip(p(changed)[1:], out[1:]))
+
+
+def test_diffaug_only_in_training_and_once_per_backbone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(discriminator, "diff_augment", lambda x, policy: calls.append(policy) or x)
+    D = ProjectedDiscriminator([TinyFeatureNetwork(1), TinyFeatureNetwork(1, seed=1)], diffaug_policy="cutout", cout=8)
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    D.eval()
+    assert torch.equal(D(x), D(x)) and calls == []
+    D.train()
+    assert D(x).shape == (2, 104)
+    assert calls == ["cutout", "cutout"]
+
+
+def test_efficientnet_from_local_weights(effnet_file):
+    D = build_discriminator("efficientnet_b0", weights_paths={"efficientnet_b0": effnet_file}).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    # stages at strides 4, 8, 16, 32 of 224: 56, 28, 14, 7 -> every head gives 4x4 patch logits
+    assert D(x).shape == (2, 64)
+    net, model = D.feature_networks[0], torchvision.models.efficientnet_b0()
+    model.load_state_dict(torch.load(effnet_file, weights_only=True))
+    model.eval()
+    features = net(x)
+    assert [f.shape[1:] for f in features] == [(24, 56, 56), (40, 28, 28), (112, 14, 14), (320, 7, 7)]
+    assert torch.allclose(features[-1], model.features[:8](imagenet_input(x)), atol=1e-5)
+    assert not any(p.requires_grad for p in net.parameters())
+    gray = torch.rand(1, 1, 16, 16) * 2 - 1
+    assert torch.allclose(net(gray)[0], net(gray.expand(-1, 3, -1, -1))[0])
+
+
+def test_official_pair_of_backbones_has_eight_heads(effnet_file):
+    path = effnet_file.parent / VIT_FILE
+    torch.manual_seed(0)
+    vit = torchvision.models.vit_b_16(weights=None).eval()
+    torch.save(vit.state_dict(), path)
+    paths = {"efficientnet_b0": effnet_file, "vit_b_16": path}
+    D = build_discriminator("efficientnet_b0+vit_b_16", weights_paths=paths).eval()
+    assert sum(len(h) for h in D.heads) == 8
+    features, tokens = [], []
+    D.projections[1].register_forward_pre_hook(lambda module, args: features.extend(args[0]))
+    vit.encoder.layers[8].register_forward_hook(lambda module, args, out: tokens.append(out))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert D(x).shape == (1, 128)
+    assert [f.shape[1:] for f in features] == [(768, 56, 56), (768, 28, 28), (768, 14, 14), (768, 7, 7)]
+    vit(imagenet_input(x))
+    assert torch.allclose(features[2].flatten(2).transpose(1, 2), tokens[0][:, 1:], atol=1e-4)
+
+
+def test_weight_file_errors(effnet_file, tmp_path):
+    with pytest.raises(FileNotFoundError, match=EFFNET_FILE):
+        build_discriminator("efficientnet_b0")
+    with pytest.raises(FileNotFoundError, match=f"{VIT_FILE}.*cannot be downloaded"):
+        TorchvisionFeatureNetwork("vit_b_16", tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match="not a torchvision vit_b_16 state dict"):
+        TorchvisionFeatureNetwork("vit_b_16", effnet_file)
+    with pytest.raises(ValueError, match="unknown feature network 'deit'"):
+        build_discriminator("tiny+deit")
