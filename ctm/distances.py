@@ -32,7 +32,8 @@ def _weights_file(path, file_name, what, argument):
         where = "was not given" if path is None else f"'{path}' does not exist"
         raise FileNotFoundError(
             f"LPIPS needs {what} '{file_name}', but {argument} {where}. It cannot be downloaded here: "
-            f"place a copy of '{file_name}' on this machine and pass its path as {argument}."
+            f"place a copy of '{file_name}' on this machine and pass its path as {argument} "
+            f"(lpips_{argument} in build_distance)."
         )
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -46,22 +47,27 @@ class LPIPS(nn.Module):
 
     def __init__(self, vgg_path, lin_path, resize=224, replace_pooling=True):
         super().__init__()
-        vgg_state = _weights_file(vgg_path, VGG16_FILE, "the torchvision VGG16 ImageNet weights", "lpips_vgg_path")
-        lin_state = _weights_file(lin_path, LPIPS_LIN_FILE, "the LPIPS v0.1 linear-layer weights", "lpips_lin_path")
+        vgg_state = _weights_file(vgg_path, VGG16_FILE, "the torchvision VGG16 ImageNet weights", "vgg_path")
+        lin_state = _weights_file(lin_path, LPIPS_LIN_FILE, "the LPIPS v0.1 linear-layer weights", "lin_path")
         with torch.device("meta"):  # no random init: every weight comes from the file
             vgg = torchvision.models.vgg16(weights=None).features[: VGG16_RELU_ENDS[-1]]
         features = {k.removeprefix("features."): v for k, v in vgg_state.items() if k.startswith("features.")}
-        vgg.load_state_dict(features, assign=True)
+        try:
+            vgg.load_state_dict(features, assign=True)
+        except RuntimeError as e:
+            raise ValueError(f"'{vgg_path}' is not torchvision's VGG16 state dict: {e}") from e
         if replace_pooling:
             vgg = nn.Sequential(*[nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) else m for m in vgg])
         starts = (0,) + VGG16_RELU_ENDS[:-1]
         self.slices = nn.ModuleList(vgg[a:b] for a, b in zip(starts, VGG16_RELU_ENDS))
         for i, c in enumerate(LPIPS_CHANNELS):
-            w = lin_state[f"lin{i}.model.1.weight"]
-            if w.shape != (1, c, 1, 1):
-                raise ValueError(f"'{lin_path}': lin{i}.model.1.weight is {tuple(w.shape)}, expected (1, {c}, 1, 1)")
+            w = lin_state.get(f"lin{i}.model.1.weight")
+            if w is None or w.shape != (1, c, 1, 1):
+                found = "missing" if w is None else tuple(w.shape)
+                raise ValueError(f"'{lin_path}': lin{i}.model.1.weight is {found}, expected shape (1, {c}, 1, 1)")
             self.register_buffer(f"w{i}", w.float())
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))  # lpips ScalingLayer
+        # lpips ScalingLayer on [-1, 1] = ImageNet mean/std normalisation of (x + 1) / 2 (piq's convention)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.resize = resize
         self.requires_grad_(False)

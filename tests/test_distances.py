@@ -131,11 +131,13 @@ def test_lpips_missing_files_name_the_file(weight_files, tmp_path):
         build_distance("lpips", lpips_vgg_path=vgg_path, lpips_lin_path=tmp_path / "absent.pth")
 
 
-def test_lpips_rejects_wrong_lin_shapes(weight_files, tmp_path):
-    vgg_path, _, _, lin = weight_files
+def test_lpips_rejects_wrong_files(weight_files, tmp_path):
+    vgg_path, lin_path, _, lin = weight_files
     torch.save({**lin, "lin2.model.1.weight": torch.ones(1, 3, 1, 1)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="lin2"):
+    with pytest.raises(ValueError, match=r"lin2.model.1.weight is \(1, 3, 1, 1\)"):
         LPIPS(vgg_path, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not torchvision's VGG16"):
+        LPIPS(lin_path, lin_path)
 
 
 def test_build_distance_names():
