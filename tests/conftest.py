@@ -20,6 +20,20 @@ def gmm2d():
     return make_gmm(2)
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every test that needs it (starting Ray costs seconds on 2 cores)."""
+    import os
+    import ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,0 +1,279 @@
+"""One typed configuration for every stage: YAML, overridden by dotted `--set key=value`, validated before any work.
+
+An unknown key, a wrong type or an impossible value stops the run with a message that names the key.
+"""
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what to do."""
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "gmm"                 # "gmm" (Gaussian mixture .npz) | "edm" (NVlabs EDM pickle)
+    path: str | None = None           # gmm: .npz (None = fit to the digits); edm: the .pkl
+    key: str = "ema"                  # entry of the EDM pickle
+    components: int = 10              # gmm fitted when path is None
+    fast: bool = True                 # bf16 autocast + channels_last + torch.compile on CUDA
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"              # digits | cifar10 | imagenet64 | folder
+    path: str | None = None           # archive, .npz or folder for everything but digits
+    resolution: int | None = None     # image size for folder datasets (None = as stored)
+    hflip: bool = True                # horizontal flips with probability 0.5 (official augmentation)
+    use_labels: bool = False          # pass class labels to a conditional teacher and student
+
+
+@dataclass
+class GridConfig:
+    N: int = 18                       # grid points, 80 → 0.002 (CIFAR-10 18, ImageNet-64 40)
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    K: int | None = None              # largest number of teacher steps k (None = N − 1)
+
+    @property
+    def K_max(self):
+        return self.N - 1 if self.K is None else self.K
+
+
+@dataclass
+class CacheConfig:
+    root: str = "runs/cache"          # a local folder or an fsspec URL (s3://bucket/prefix, gs://, file://)
+    storage_options: dict = field(default_factory=dict)  # passed to fsspec (endpoint_url, key, secret ...)
+    mode: str = "data"                # "data": x_t = x0 + t_n z from real data; "noise": n = 0, data-free
+    num_records: int = 4096
+    records_per_shard: int = 512
+    dtype: str = "float16"            # float16 | float32 storage of the states
+    seed: int = 0
+    batch_size: int = 256             # teacher batch per actor call
+    num_actors: int = 1               # teacher actors (one GPU each when GPUs are present)
+    gpus_per_actor: float = 1.0       # used only when the cluster has GPUs
+
+
+@dataclass
+class StudentConfig:
+    architecture: str = "teacher"     # "teacher": the teacher's EDM network plus the s-path; "tiny": small DDPM++
+    init_from_teacher: bool = True    # copy every matching teacher weight (EDM teachers)
+    dropout: float | None = None      # None keeps the architecture's own (DDPM++ 0.13)
+
+
+@dataclass
+class TrainConfig:
+    teacher_mode: str = "cached"      # "cached" (read the trajectory cache) | "online" (Heun inside the step)
+    steps: int = 1000                 # optimiser steps, G and D steps counted together as the official code does
+    batch_size: int = 64              # global batch per step
+    micro_batch: int | None = None    # per-worker micro-batch (None = whole share); sums of micro-batch means
+    lr: float = 4e-4
+    lr_d: float = 2e-3
+    betas_d: tuple = (0.5, 0.9)
+    target_ema: float = 0.999         # μ of θ⁻
+    ema_rates: tuple = (0.999, 0.9999)
+    distance: str = "lpips"           # lpips | pseudo_huber | l2
+    lpips_vgg_path: str | None = None
+    lpips_lin_path: str | None = None
+    lambda_dsm: float | None = None   # None = adaptive (clamp [0, 1e4]); a number fixes it
+    lambda_gan: float | None = None   # None = adaptive (clip [0.01, 10]); a number fixes it
+    gan_start: int | None = None      # step at which the GAN stage starts (None = no GAN)
+    discriminator: str = "tiny"       # tiny | efficientnet_b0 | efficientnet_b0+vit_b_16
+    discriminator_weights: dict = field(default_factory=dict)
+    num_workers: int = 1
+    gpus_per_worker: float = 1.0      # used only when the cluster has GPUs
+    cpus_per_worker: float = 1.0
+    storage_path: str = "runs/train"  # local folder or fsspec URL shared by the cluster
+    run_name: str = "ctm"
+    init_checkpoint: str | None = None  # start from another run's checkpoint (e.g. GAN stage from CTM+DSM)
+    checkpoint_every: int = 200
+    num_to_keep: int = 3
+    max_failures: int = 3
+    log_every: int = 20
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    nfe: tuple = (1, 2, 4, 8)
+    gammas: tuple = (0.0, 1.0)
+    num_samples: int = 1000
+    features: str = "digits"          # "digits": the shipped digits classifier; "inception": clean-fid Inception
+    inception_path: str | None = None # local inception-2015-12-05.pt
+    reference_stats: str | None = None  # .npz with mu, sigma of the reference set (else computed from the data)
+    num_actors: int = 1
+    gpus_per_actor: float = 0.25
+    ema_rate: float = 0.999
+    likelihood: bool = False
+    out: str = "runs/eval"
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    storage_path: str = "runs/sweep"
+    num_samples: int = 4
+    max_concurrent_trials: int = 2
+    search_space: dict = field(default_factory=dict)   # {"train.lambda_dsm": {"loguniform": [0.1, 10]}, ...}
+    grace_period: int = 1
+    reduction_factor: int = 2
+    report_every: int = 200
+
+
+@dataclass
+class Config:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def dump(self):
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _coerce(value, annotation, key):
+    """Check (and gently convert) one value against its annotation; raise ConfigError naming the key."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if annotation is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-4 as a string
+        except ValueError:
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+    if annotation is tuple or origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+    if annotation in (int, str, bool, dict) and isinstance(value, annotation) \
+            and not (annotation is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key '{key}' must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _build(cls, values, prefix):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; known keys in this section: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree, dotted, value):
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{p}' is not a section")
+    node[leaf] = value
+
+
+def parse_override(text):
+    """'train.lr=1e-4' -> ('train.lr', 1e-4); the value is read as YAML (numbers, lists, null, true)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path=None, overrides=(), base=None):
+    """A validated Config from a YAML file (or the embedded default) and dotted overrides."""
+    tree = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        tree = _merge(tree, loaded)
+    tree = json.loads(json.dumps(tree))  # deep copy of plain data
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def _merge(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate(cfg):
+    """Impossible values, named by key."""
+    def need(cond, key, msg):
+        if not cond:
+            raise ConfigError(f"config key '{key}': {msg}")
+    g = cfg.grid
+    need(0 < g.sigma_min < g.sigma_max, "grid.sigma_min", f"need 0 < sigma_min < sigma_max, got {g.sigma_min} and {g.sigma_max}")
+    need(g.N >= 2, "grid.N", f"need at least 2 grid points, got {g.N}")
+    need(1 <= g.K_max <= g.N - 1, "grid.K", f"need 1 <= K <= N-1 = {g.N - 1}, got {g.K}")
+    need(cfg.teacher.kind in ("gmm", "edm"), "teacher.kind", f"must be 'gmm' or 'edm', got {cfg.teacher.kind!r}")
+    need(cfg.teacher.kind != "edm" or cfg.teacher.path, "teacher.path", "an EDM teacher needs the path of its .pkl")
+    need(cfg.data.name in ("digits", "cifar10", "imagenet64", "folder"), "data.name",
+         f"must be digits, cifar10, imagenet64 or folder, got {cfg.data.name!r}")
+    need(cfg.data.name == "digits" or cfg.data.path, "data.path", f"dataset {cfg.data.name!r} needs a path")
+    c = cfg.cache
+    need(c.mode in ("data", "noise"), "cache.mode", f"must be 'data' or 'noise', got {c.mode!r}")
+    need(c.dtype in ("float16", "float32"), "cache.dtype", f"must be float16 or float32, got {c.dtype!r}")
+    need(c.num_records >= 1, "cache.num_records", "must be positive")
+    need(c.records_per_shard >= 1, "cache.records_per_shard", "must be positive")
+    need(c.batch_size >= 1 and c.num_actors >= 1, "cache.batch_size", "batch size and actor count must be positive")
+    t = cfg.train
+    need(t.teacher_mode in ("cached", "online"), "train.teacher_mode", f"must be 'cached' or 'online', got {t.teacher_mode!r}")
+    need(t.num_workers >= 1, "train.num_workers", "must be at least 1")
+    need(t.batch_size % t.num_workers == 0, "train.batch_size",
+         f"global batch {t.batch_size} must divide evenly among {t.num_workers} workers")
+    share = t.batch_size // t.num_workers
+    need(t.micro_batch is None or (t.micro_batch >= 1 and share % t.micro_batch == 0), "train.micro_batch",
+         f"each worker's share {share} must be a multiple of micro_batch {t.micro_batch}")
+    need(t.distance in ("lpips", "pseudo_huber", "l2"), "train.distance", f"must be lpips, pseudo_huber or l2, got {t.distance!r}")
+    need(0 <= t.target_ema < 1 and all(0 <= r < 1 for r in t.ema_rates), "train.target_ema", "EMA rates must lie in [0, 1)")
+    need(t.steps >= 1, "train.steps", "must be positive")
+    need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be positive")
+    e = cfg.eval
+    need(all(n >= 1 for n in e.nfe), "eval.nfe", f"every NFE must be >= 1, got {e.nfe}")
+    need(all(0 <= x <= 1 for x in e.gammas), "eval.gammas", f"every γ must lie in [0, 1], got {e.gammas}")
+    need(e.features in ("digits", "inception"), "eval.features", f"must be 'digits' or 'inception', got {e.features!r}")
+    need(e.features != "inception" or e.inception_path, "eval.inception_path",
+         "Inception features need the local file inception-2015-12-05.pt (it cannot be downloaded here)")

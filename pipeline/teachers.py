@@ -1,0 +1,31 @@
+"""The teacher a config names, and its identity (what a trajectory cache's key records)."""
+
+from pathlib import Path
+
+from ctm.digits import fit_digits_teacher
+from ctm.teachers import EDMTeacher, GaussianMixtureTeacher, load_edm
+
+
+def build_teacher(cfg, device="cpu"):
+    """A `denoise` teacher for `cfg.teacher`: the mixture (fitted to the digits when no path is given) or an EDM net."""
+    t = cfg.teacher
+    if t.kind == "gmm":
+        teacher = GaussianMixtureTeacher.load(t.path) if t.path else fit_digits_teacher(n_components=t.components)
+        return teacher.to(device)
+    if not Path(t.path).is_file():
+        raise FileNotFoundError(f"teacher.path: no EDM pickle at {t.path}; place e.g. edm-cifar10-32x32-uncond-vp.pkl "
+                                "there (it cannot be downloaded here)")
+    return EDMTeacher(load_edm(t.path, key=t.key).to(device), fast=t.fast)
+
+
+def teacher_identity(teacher):
+    """kind, weights digest, image shape and label count: the fields of a cache key that name the teacher."""
+    if isinstance(teacher, GaussianMixtureTeacher):
+        return {"kind": "gmm", "digest": teacher.digest(), "image_shape": list(teacher.image_shape), "label_dim": 0}
+    net = teacher.net
+    return {"kind": "edm", "digest": teacher.digest(), "label_dim": net.label_dim,
+            "image_shape": [net.img_channels, net.img_resolution, net.img_resolution]}
+
+
+def teacher_image_shape(teacher):
+    return tuple(teacher_identity(teacher)["image_shape"])
