@@ -30,9 +30,11 @@ class TeacherConfig:
 class DataConfig:
     name: str = "digits"              # digits | cifar10 | imagenet64 | folder
     path: str | None = None           # archive, .npz or folder for everything but digits
-    resolution: int | None = None     # image size for folder datasets (None = as stored)
-    hflip: bool = True                # horizontal flips with probability 0.5 (official augmentation)
+    resolution: int | None = None     # image size for folder/imagenet64 folders (None = as stored; imagenet64 64)
+    hflip: bool = True                # flips with probability 0.5 (official on cifar10, imagenet64); never on digits
     use_labels: bool = False          # pass class labels to a conditional teacher and student
+    max_images: int | None = None     # a fixed random subset of this many images (None = all)
+    storage_options: dict = field(default_factory=dict)  # fsspec options when data.path is a URL (s3://, gs://)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class CacheConfig:
     batch_size: int = 256             # teacher batch per actor call
     num_actors: int = 1               # teacher actors (one GPU each when GPUs are present)
     gpus_per_actor: float = 1.0       # used only when the cluster has GPUs
+    cpus_per_actor: float = 1.0       # CPUs reserved by each teacher actor (its torch threads on a CPU cluster)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class TrainConfig:
     gpus_per_worker: float = 1.0      # used only when the cluster has GPUs
     cpus_per_worker: float = 1.0
     storage_path: str = "runs/train"  # local folder or fsspec URL shared by the cluster
+    storage_options: dict = field(default_factory=dict)  # fsspec options when storage_path is a URL (endpoint_url ...)
     run_name: str = "ctm"
     init_checkpoint: str | None = None  # start from another run's checkpoint (e.g. GAN stage from CTM+DSM)
     checkpoint_every: int = 200
@@ -99,6 +103,7 @@ class TrainConfig:
     max_failures: int = 3
     log_every: int = 20
     seed: int = 0
+    fail_at_step: int | None = None   # TEST ONLY: rank 0 dies once at this step (a marker in the run dir stops repeats)
 
 
 @dataclass
@@ -114,6 +119,17 @@ class EvalConfig:
     ema_rate: float = 0.999
     likelihood: bool = False
     out: str = "runs/eval"
+    two_step: tuple = ()              # [i1, i2] grid-index pairs of the 2-step sampler, scored beside eval.nfe × gammas
+    teacher_fid: bool = False         # also score the teacher's own Heun samples on the full N-point grid
+    batch_size: int = 250             # sampling and feature batch
+    seed: int = 0                     # latents are shared by every setting of one evaluation
+    cpus_per_actor: float = 1.0
+    reference_cache: str | None = None  # where reference statistics are cached (None = <eval.out>/references)
+    likelihood_samples: int = 64      # images scored for NLL (bits/dim, Hutchinson)
+    likelihood_path: str | None = None  # held-out images of the same dataset kind (None = a subset of data.path)
+    sweep_nfe: tuple = (1, 2, 3, 4, 6, 8)         # γ-schedule sweep on finished checkpoints (no training)
+    sweep_gammas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
+    sweep_two_step: tuple = ()        # [i1, i2] pairs swept beside sweep_nfe × sweep_gammas
 
 
 @dataclass
@@ -253,12 +269,16 @@ def validate(cfg):
     need(cfg.data.name in ("digits", "cifar10", "imagenet64", "folder"), "data.name",
          f"must be digits, cifar10, imagenet64 or folder, got {cfg.data.name!r}")
     need(cfg.data.name == "digits" or cfg.data.path, "data.path", f"dataset {cfg.data.name!r} needs a path")
+    need(cfg.data.resolution is None or (cfg.data.name in ("folder", "imagenet64") and cfg.data.resolution >= 1),
+         "data.resolution", "only folder and imagenet64 images are resized (digits are 8x8, cifar10 32x32); must be >= 1")
+    need(cfg.data.max_images is None or cfg.data.max_images >= 1, "data.max_images", "must be positive or null")
     c = cfg.cache
     need(c.mode in ("data", "noise"), "cache.mode", f"must be 'data' or 'noise', got {c.mode!r}")
     need(c.dtype in ("float16", "float32"), "cache.dtype", f"must be float16 or float32, got {c.dtype!r}")
     need(c.num_records >= 1, "cache.num_records", "must be positive")
     need(c.records_per_shard >= 1, "cache.records_per_shard", "must be positive")
     need(c.batch_size >= 1 and c.num_actors >= 1, "cache.batch_size", "batch size and actor count must be positive")
+    need(c.gpus_per_actor > 0 and c.cpus_per_actor > 0, "cache.cpus_per_actor", "resources per actor must be positive")
     t = cfg.train
     need(t.teacher_mode in ("cached", "online"), "train.teacher_mode", f"must be 'cached' or 'online', got {t.teacher_mode!r}")
     need(t.num_workers >= 1, "train.num_workers", "must be at least 1")
@@ -271,9 +291,26 @@ def validate(cfg):
     need(0 <= t.target_ema < 1 and all(0 <= r < 1 for r in t.ema_rates), "train.target_ema", "EMA rates must lie in [0, 1)")
     need(t.steps >= 1, "train.steps", "must be positive")
     need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be positive")
+    need(t.log_every >= 1 and t.num_to_keep >= 1, "train.log_every", "log_every and num_to_keep must be positive")
+    need(t.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1: retry forever)")
+    need(t.lr > 0 and t.lr_d > 0, "train.lr", f"learning rates must be positive, got lr={t.lr}, lr_d={t.lr_d}")
+    need(t.gan_start is None or t.gan_start >= 0, "train.gan_start", "must be >= 0 or null (no GAN)")
+    need(t.fail_at_step is None or 0 <= t.fail_at_step < t.steps, "train.fail_at_step", "test-only; must lie in [0, steps)")
+    need(cfg.student.architecture in ("teacher", "tiny"), "student.architecture",
+         f"must be 'teacher' or 'tiny', got {cfg.student.architecture!r}")
+    need(cfg.student.dropout is None or 0 <= cfg.student.dropout < 1, "student.dropout", "must lie in [0, 1) or be null")
     e = cfg.eval
     need(all(n >= 1 for n in e.nfe), "eval.nfe", f"every NFE must be >= 1, got {e.nfe}")
     need(all(0 <= x <= 1 for x in e.gammas), "eval.gammas", f"every γ must lie in [0, 1], got {e.gammas}")
     need(e.features in ("digits", "inception"), "eval.features", f"must be 'digits' or 'inception', got {e.features!r}")
     need(e.features != "inception" or e.inception_path, "eval.inception_path",
          "Inception features need the local file inception-2015-12-05.pt (it cannot be downloaded here)")
+    need(all(n >= 1 for n in e.sweep_nfe) and all(0 <= x <= 1 for x in e.sweep_gammas), "eval.sweep_nfe",
+         f"sweep NFEs must be >= 1 and γ's in [0, 1], got {e.sweep_nfe} and {e.sweep_gammas}")
+    for key in ("two_step", "sweep_two_step"):
+        pairs = getattr(e, key)
+        need(all(isinstance(p, (list, tuple)) and len(p) == 2 and 0 < p[1] <= p[0] < g.N - 1 for p in pairs),
+             f"eval.{key}", f"needs [i1, i2] pairs with 0 < i2 <= i1 < N-1 = {g.N - 1}, got {pairs}")
+    need(e.num_samples >= 2 and e.batch_size >= 1, "eval.num_samples", "need at least 2 samples and a positive batch")
+    need(e.num_actors >= 1, "eval.num_actors", "must be at least 1")
+    need(e.likelihood_samples >= 1, "eval.likelihood_samples", "must be positive")

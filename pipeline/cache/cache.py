@@ -1,0 +1,158 @@
+"""Opening a cache: find it by its key under a root (or at its own path), refuse one built from another config."""
+
+import torch
+
+from pipeline.datasets import load_dataset
+from pipeline.teachers import build_teacher, teacher_identity
+
+from .errors import CacheError, CacheNotFoundError
+from .manifest import FORMAT, FORMAT_VERSION, cache_key, check_fields, differing_fields, key_fields
+from .sink import MANIFEST
+from .store import CacheStore
+
+SHARDS = "shards"
+
+
+class TrajectoryCache:
+    """A cache as its manifest describes it; reads go through `cache_dataset` or `read_shard`. Pickles by URL."""
+
+    def __init__(self, store, manifest):
+        self.store, self.manifest = store, manifest
+
+    def __repr__(self):
+        return f"TrajectoryCache({self.url!r}, {self.num_records} records)"
+
+    @property
+    def url(self):
+        return self.store.url
+
+    @property
+    def key(self):
+        return self.manifest["key"]
+
+    @property
+    def grid(self):
+        return torch.tensor(self.manifest["grid"], dtype=torch.float64)
+
+    @property
+    def N(self):
+        return len(self.manifest["grid"])
+
+    @property
+    def K(self):
+        return self.manifest["key_fields"]["grid"]["K"]
+
+    @property
+    def mode(self):
+        return self.manifest["key_fields"]["cache"]["mode"]
+
+    @property
+    def dtype(self):
+        return self.manifest["key_fields"]["cache"]["dtype"]
+
+    @property
+    def image_shape(self):
+        return tuple(self.manifest["image_shape"])
+
+    @property
+    def shards(self):
+        """The complete shards, in record order: dicts with shard, path, start, stop, count, nbytes, checksums_sha256."""
+        return self.manifest["shards"]
+
+    @property
+    def num_records(self):
+        """Records held by complete shards."""
+        return sum(e["count"] for e in self.shards)
+
+    def verify(self, full=True):
+        from .verify import verify_cache
+        return verify_cache(self, full=full)
+
+    def describe(self):
+        from .verify import describe_cache
+        return describe_cache(self)
+
+    def read_shard(self, entry):
+        """Every array of one shard (states as float32), after the cheap check; DamagedShardError when damaged."""
+        from .shards import open_checked, read_columns, read_trajectories
+        group = open_checked(self.store, entry)
+        count = entry["stop"] - entry["start"]
+        columns = read_columns(group, entry, 0, count)
+        return {**columns, "states": read_trajectories(group, entry, 0, count, columns["start"])}
+
+
+def config_key_fields(cfg, teacher=None):
+    """The key fields `cfg` names (builds the teacher and loads the data to take their digests)."""
+    teacher = build_teacher(cfg) if teacher is None else teacher
+    data_id = load_dataset(cfg.data)[2] if cfg.cache.mode == "data" else None
+    return key_fields(cfg, teacher_identity(teacher), data_id)
+
+
+def check_format(manifest, where):
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheError(f"{where}/{MANIFEST} is format {manifest.get('format')!r} version "
+                         f"{manifest.get('format_version')!r}; this code reads {FORMAT!r} version {FORMAT_VERSION}")
+
+
+def locate(root, fields):
+    """(store, manifest or None) of the cache for `fields`: `root` itself when it holds a manifest, else root/<key>.
+
+    A manifest found there whose key fields differ raises CacheMismatchError before anything is written.
+    """
+    manifest = root.read_json(MANIFEST)
+    if manifest is None:
+        root = root.child(cache_key(fields))
+        manifest = root.read_json(MANIFEST)
+    if manifest is not None:
+        check_format(manifest, root.url)
+        check_fields(manifest, fields, root.url)
+    return root, manifest
+
+
+def _neighbours(root, fields):
+    """'<key>: field, field' for each cache under `root`, naming how it differs from `fields`."""
+    out = []
+    for name in root.listdir():
+        manifest = root.read_json(f"{name}/{MANIFEST}")
+        if manifest is not None and "key_fields" in manifest:
+            diff = [k for k, _, _ in differing_fields(manifest["key_fields"], fields)]
+            out.append(f"{name} differs in {', '.join(diff)}")
+    return out
+
+
+def open_cache(root_or_url, cfg=None, storage_options=None):
+    """The cache at `root_or_url` (a cache folder), or the one `cfg` names under that root.
+
+    With `cfg`, the cache's key fields must equal the config's, or CacheMismatchError names each differing field.
+    `storage_options` (fsspec: endpoint_url, key, secret ...) default to cfg.cache.storage_options.
+    """
+    if storage_options is None:
+        storage_options = cfg.cache.storage_options if cfg is not None else {}
+    root = CacheStore(root_or_url, storage_options)
+    if cfg is None:
+        manifest = root.read_json(MANIFEST)
+        if manifest is None:
+            raise CacheNotFoundError(f"no {MANIFEST} at {root.url}: pass a cache folder (<cache.root>/<key>), "
+                                     f"or a config to find its cache under a root")
+        check_format(manifest, root.url)
+        return TrajectoryCache(root, manifest)
+    fields = config_key_fields(cfg)
+    store, manifest = locate(root, fields)
+    if manifest is None:
+        others = _neighbours(root, fields)
+        raise CacheNotFoundError(
+            f"no cache for this configuration at {store.url}; generate it with `python -m jobs.generate_trajectories "
+            f"--config ...`" + (f" (caches under {root.url}: {'; '.join(others)})" if others else ""))
+    return TrajectoryCache(store, manifest)
+
+
+def leftovers(store, manifest):
+    """Paths in the cache folder that no committed shard uses: interrupted writes and superseded short shards."""
+    used = {e["path"] for e in manifest["shards"]}
+    stale = [f"{SHARDS}/{name}" for name in store.listdir(SHARDS) if f"{SHARDS}/{name}" not in used]
+    return stale + [name for name in store.listdir() if name.startswith(".tmp-")]
+
+
+def remove_leftovers(store, manifest):
+    for rel in leftovers(store, manifest):
+        store.remove(rel)

@@ -1,0 +1,68 @@
+"""Sweeps of sampling schedules on finished checkpoints: NFE × γ and 2-step (i1, i2), scored by the evaluation actors.
+
+Sampling settings never touch training: a sweep only loads checkpoints and samples from them.
+"""
+
+import json
+from pathlib import Path
+
+from .report import by_model, fid_table, measured_on, public, slug
+from .settings import gamma_settings, two_step_settings
+
+
+def sweep_settings(eval_cfg):
+    return gamma_settings(eval_cfg.sweep_nfe, eval_cfg.sweep_gammas) + two_step_settings(eval_cfg.sweep_two_step)
+
+
+def run_gamma_sweep(pool, checkpoints, settings):
+    """Every (checkpoint, setting) on the pool's actors; the list of results."""
+    return pool.evaluate(checkpoints, settings)["results"]
+
+
+def best_per_nfe(results):
+    """{NFE: the result with the lowest FID among the settings of that NFE}."""
+    best = {}
+    for r in results:
+        n = r["setting"]["nfe"]
+        if n not in best or r["fid"] < best[n]["fid"]:
+            best[n] = r
+    return dict(sorted(best.items()))
+
+
+def plot_fid_vs_gamma(results, path, title=""):
+    """FID against γ, one line per NFE."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    gamma = [r for r in results if r["setting"].get("gamma") is not None]
+    for n in sorted({r["setting"]["nfe"] for r in gamma}):
+        pts = sorted((r["setting"]["gamma"], r["fid"]) for r in gamma if r["setting"]["nfe"] == n)
+        ax.plot(*zip(*pts), marker="o", label=f"NFE {n}")
+    if results:
+        ax.axhline(results[0]["real_vs_real"]["fd"], color="grey", ls=":", lw=1, label="real vs real")
+        ax.set_ylabel(f"FID ({results[0]['features']['name']})")
+    ax.set_xlabel("γ")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_sweep_report(results, out, config=None):
+    """sweep.json, sweep.md (a table and the best setting per NFE for each checkpoint) and sweep_<checkpoint>.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# Sampling-schedule sweep (no training)", "", *measured_on(results[0]), ""]
+    for label, group in by_model(results).items():
+        plot = out / f"sweep_{slug(label)}.png"
+        plot_fid_vs_gamma(group, plot, label)
+        lines += [f"## {label}", "", *fid_table(group), "", "Best setting per NFE:", ""]
+        lines += [f"- NFE {n}: {r['setting']['label']}, FID {r['fid']:.4g}" for n, r in best_per_nfe(group).items()]
+        lines += ["", f"![FID against γ]({plot.name})", ""]
+    report = out / "sweep.md"
+    report.write_text("\n".join(lines))
+    (out / "sweep.json").write_text(json.dumps({"results": [public(r) for r in results], "config": config},
+                                               indent=2, default=str))
+    return report

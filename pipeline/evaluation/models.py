@@ -1,0 +1,85 @@
+"""What an evaluation samples from: a CTM checkpoint, the mixture teacher's exact flow map, or the teacher's own Heun.
+
+A `Model` is G(x, t, s, class_labels) with the image shape and label count it draws, and an `info` dict that names
+it in every reported number (checkpoint, training step, EMA rate).
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ctm.schedule import karras_grid
+from ctm.solver import heun_step
+from pipeline.checkpoint import checkpoint_file, load_student
+from pipeline.teachers import build_teacher, teacher_identity
+
+from .settings import batch_generators, latents_and_labels
+
+
+@dataclass
+class Model:
+    G: Callable
+    image_shape: tuple
+    label_dim: int = 0
+    info: dict = field(default_factory=dict)
+
+
+class ExactFlowMap:
+    """G(x, t, s) = the Gaussian-mixture teacher's exact PF-ODE map: the model a perfect CTM student would be."""
+
+    def __init__(self, teacher, rtol=1e-4, atol=1e-4):
+        self.teacher, self.rtol, self.atol = teacher, rtol, atol
+
+    def __call__(self, x, t, s, class_labels=None):
+        return self.teacher.flow_map(x, t, s, rtol=self.rtol, atol=self.atol)
+
+    def as_model(self):
+        return Model(self, self.teacher.image_shape, 0, {"model": "exact flow map of the mixture teacher",
+                                                          "rtol": self.rtol, "digest": self.teacher.digest()[:16]})
+
+
+def checkpoint_step(file):
+    """The training step a checkpoint was written at (memory-mapped read: no tensor is loaded)."""
+    return int(torch.load(file, map_location="cpu", mmap=True, weights_only=True)["step"])
+
+
+def load_checkpoint_model(path, ema_rate, device="cpu"):
+    """A training checkpoint's EMA student at `ema_rate` (pipeline.checkpoint's contract)."""
+    file = checkpoint_file(path)
+    G, _ = load_student(file, ema_rate=ema_rate, device=device)
+    info = {"checkpoint": str(file.parent), "step": checkpoint_step(file), "ema_rate": ema_rate}
+    return Model(G, (G.img_channels, G.img_resolution, G.img_resolution), G.label_dim, info)
+
+
+def as_model(source, ema_rate, device="cpu"):
+    """A checkpoint path (directory or checkpoint.pt), a `Model`, or anything with `.as_model()`."""
+    if isinstance(source, (str, os.PathLike)):
+        return load_checkpoint_model(source, ema_rate, device)
+    if isinstance(source, Model):
+        return source
+    if hasattr(source, "as_model"):
+        return source.as_model()
+    raise TypeError(f"cannot evaluate a {type(source).__name__}: pass a checkpoint path or a "
+                    "pipeline.evaluation.models.Model")
+
+
+def teacher_model(cfg, device="cpu"):
+    teacher = build_teacher(cfg, device)
+    identity = teacher_identity(teacher)
+    info = {"model": f"teacher ({identity['kind']})", "digest": identity["digest"][:16]}
+    return teacher, tuple(identity["image_shape"]), identity["label_dim"], info
+
+
+def teacher_heun_batches(teacher, grid_cfg, num, batch_size, seed, image_shape, label_dim=0, device="cpu"):
+    """The teacher's own samples: Heun along the whole N-point grid from t_0 = σ_max to σ_min (2(N−1) NFE)."""
+    grid = karras_grid(grid_cfg.N, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho).tolist()
+    for index, start in enumerate(range(0, num, batch_size)):
+        latent_gen, _ = batch_generators(seed, index, device)
+        x, labels = latents_and_labels(min(batch_size, num - start), image_shape, label_dim, latent_gen, device)
+        x = x * grid[0]
+        with torch.no_grad():
+            for t_cur, t_next in zip(grid[:-1], grid[1:]):
+                x = heun_step(teacher.denoise, x, t_cur, t_next, labels)
+        yield x.clamp(-1, 1)

@@ -1,0 +1,86 @@
+"""Sampling settings an evaluation scores: γ-sampling at (NFE, γ), or the 2-step variant with grid indices (i1, i2).
+
+Every setting resolves to the jump times (t_n) and landing times (s_n) of `ctm.sampling.jump_sample`, and those
+times ride along with each reported number. Batches are drawn from seeded generators, so every setting of one
+evaluation starts from the same latents (common random numbers make settings comparable at a modest count).
+"""
+
+import itertools
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ctm.sampling import gamma_steps, jump_sample
+from ctm.schedule import karras_grid
+
+
+@dataclass(frozen=True)
+class Setting:
+    nfe: int
+    gamma: float | None = 0.0     # γ-sampler (reference §4); None for the 2-step variant
+    i1: int | None = None         # 2-step: jump 80 → t_{i1}, renoise to t_{i2} (i2 <= i1), jump to σ_min
+    i2: int | None = None
+
+    def __post_init__(self):
+        two_step = self.i1 is not None or self.i2 is not None
+        if two_step and (self.i1 is None or self.i2 is None or self.nfe != 2 or self.gamma is not None):
+            raise ValueError(f"a 2-step setting needs nfe=2, gamma=None and both i1 and i2; got {self}")
+        if not two_step and (self.nfe < 1 or self.gamma is None or not 0 <= self.gamma <= 1):
+            raise ValueError(f"a γ-sampling setting needs nfe >= 1 and 0 <= gamma <= 1; got {self}")
+
+    @property
+    def label(self):
+        if self.i1 is not None:
+            return f"2-step i1={self.i1} i2={self.i2}"
+        return f"NFE {self.nfe} γ={self.gamma:g}"
+
+    def times(self, grid_cfg):
+        """(t_steps, s_steps) of the jumps, on the config's σ range (and N-point grid for the 2-step variant)."""
+        if self.i1 is None:
+            return gamma_steps(self.nfe, self.gamma, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho)
+        grid = karras_grid(grid_cfg.N, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho).tolist()
+        if not 0 < self.i2 <= self.i1 < len(grid) - 1:
+            raise ValueError(f"2-step indices need 0 < i2 <= i1 < N-1 = {len(grid) - 1}; got i1={self.i1}, i2={self.i2}")
+        return [grid[0], grid[self.i2], grid[-1]], [grid[self.i1], grid[-1]]
+
+    def to_dict(self, grid_cfg=None):
+        d = {**asdict(self), "label": self.label}
+        if grid_cfg is not None:
+            d["t_steps"], d["s_steps"] = self.times(grid_cfg)
+        return d
+
+
+def gamma_settings(nfes, gammas):
+    return [Setting(int(n), float(g)) for n, g in itertools.product(nfes, gammas)]
+
+
+def two_step_settings(pairs):
+    out = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"2-step settings are [i1, i2] pairs, got {pair!r}")
+        out.append(Setting(2, None, int(pair[0]), int(pair[1])))
+    return out
+
+
+def batch_generators(seed, index, device):
+    """Independent generators for batch `index`: one for latents and labels, one for the renoising noise."""
+    latent = torch.Generator(device).manual_seed(2 * (seed * 1_000_003 + index))
+    noise = torch.Generator(device).manual_seed(2 * (seed * 1_000_003 + index) + 1)
+    return latent, noise
+
+
+def latents_and_labels(batch, image_shape, label_dim, generator, device):
+    latents = torch.randn((batch, *image_shape), generator=generator, device=device)
+    labels = torch.randint(label_dim, (batch,), generator=generator, device=device) if label_dim else None
+    return latents, labels
+
+
+def sample_batches(G, setting, grid_cfg, num, batch_size, seed, image_shape, label_dim=0, device="cpu"):
+    """Yield `num` samples in [−1, 1] from G(x, t, s, labels) with `setting`, batch by batch."""
+    t_steps, s_steps = setting.times(grid_cfg)
+    for index, start in enumerate(range(0, num, batch_size)):
+        latent_gen, noise_gen = batch_generators(seed, index, device)
+        latents, labels = latents_and_labels(min(batch_size, num - start), image_shape, label_dim, latent_gen, device)
+        with torch.no_grad():
+            yield jump_sample(G, latents * t_steps[0], t_steps, s_steps, labels, noise_gen)

@@ -1,0 +1,149 @@
+"""Where each step's batch comes from: this worker's share of the global batch, as a dict of CPU tensors.
+
+- online: real images drawn as the official code does (reference §3): an epoch-wise permutation of the dataset,
+  flips, one k per optimiser step with P(k) ∝ k, n ~ U{0..N−1−k} and fresh z, x_t = x0 + t_n·z. Every draw is a
+  function of (train.seed, step, global micro-batch index), so the position in the data is the step itself.
+- cached: rows of the trajectory cache (x0, label, index, n, k, x_t, x_u) from this worker's shard of the Ray Dataset
+  that TorchTrainer splits across workers. The cache is read as consecutive epochs (k redrawn given n each epoch,
+  reference §9) starting at the epoch of the run's newest checkpoint; a resumed worker skips the rows it had used.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from ctm.schedule import k_probs
+from pipeline.cache import cache_dataset
+from pipeline.datasets import apply_flips, flip_mask
+from pipeline.train.rundir import RunDir
+from pipeline.train.step import STREAM_DATA, STREAM_K, STREAM_PERM, generator_for
+
+ROW_KEYS = ("x0", "label", "index", "n", "k", "x_t", "x_u")
+
+
+class OnlineBatches:
+    """batches(step) -> this worker's share of the step's global batch, for the teacher to solve inside the step."""
+
+    def __init__(self, images, labels, cfg, grid, rank=0, world_size=1):
+        t = cfg.train
+        self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
+        self.grid, self.N, self.K = grid.to(torch.float64), len(grid), cfg.grid.K_max
+        self.data_cfg, self.seed, self.B = cfg.data, t.seed, t.batch_size
+        self.share = t.batch_size // world_size
+        self.micro = t.micro_batch or self.share
+        self.rank = rank
+        self._perms = {}
+
+    def permutation(self, epoch):
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            g = generator_for(self.seed, epoch, 0, STREAM_PERM)
+            self._perms[epoch] = torch.randperm(len(self.images), generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step):
+        """Dataset indices of this worker's share: positions step·B + rank·share + i of the epoch-wise permutations."""
+        p = step * self.B + self.rank * self.share + torch.arange(self.share)
+        M = len(self.images)
+        epochs = p // M
+        return torch.cat([self.permutation(int(e))[p[epochs == e] % M] for e in epochs.unique()])
+
+    def position(self, step):
+        p = step * self.B
+        return {"mode": "online", "epoch": p // len(self.images), "offset": p % len(self.images)}
+
+    def __call__(self, step):
+        k = int(torch.multinomial(k_probs(self.K), 1, generator=generator_for(self.seed, step, 0, STREAM_K))) + 1
+        index = self.indices(step)
+        first = self.rank * (self.share // self.micro)
+        parts = []
+        for i in range(self.share // self.micro):
+            g = generator_for(self.seed, step, first + i, STREAM_DATA)
+            idx = index[i * self.micro:(i + 1) * self.micro]
+            x0 = apply_flips(self.images[idx], flip_mask(len(idx), g, self.data_cfg))
+            n = torch.randint(0, self.N - k, (len(idx),), generator=g)
+            z = torch.randn(x0.shape, generator=g)
+            x_t = x0 + self.grid[n].float()[:, None, None, None] * z
+            parts.append({"x0": x0, "label": self.labels[idx], "index": idx, "n": n,
+                          "k": torch.full_like(n, k), "x_t": x_t})
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+class CachedBatches:
+    """batches(step) -> the next `share` rows of this worker's dataset shard (a ray.data.DataIterator).
+
+    Resuming at `step`, the rows this worker had used are skipped: its shard stream starts at the epoch in its first
+    row's "epoch" column (0 without one), and it had used step·share rows from epoch 0 on. A shard that runs out
+    starts another pass.
+    """
+
+    def __init__(self, shard, share, world_size=1, num_records=None, step=0):
+        self.shard, self.share = shard, share
+        self.world_size, self.num_records, self.resume_step = world_size, num_records, step
+        self.rows, self.buffer, self.buffered = None, [], 0
+        self.epoch = 0
+
+    def _stream(self):
+        skip = None
+        while True:
+            empty = True
+            for batch in self.shard.iter_torch_batches(batch_size=self.share):
+                empty = False
+                if skip is None:
+                    first_epoch = int(batch["epoch"][0]) if "epoch" in batch else 0
+                    skip = skip_rows(self.resume_step, self.share, first_epoch, self.num_records, self.world_size)
+                drop, skip = min(skip, len(batch["n"])), skip - min(skip, len(batch["n"]))
+                if drop < len(batch["n"]):
+                    yield {key: v[drop:] for key, v in batch.items()}
+            if empty:
+                raise RuntimeError("this worker's shard of the training dataset is empty: the cache holds fewer "
+                                   "records than train.num_workers")
+
+    def position(self, step):
+        return {"mode": "cached", "epoch": self.epoch, "rows": step * self.share}
+
+    def __call__(self, step):
+        if self.rows is None:
+            self.rows = self._stream()
+        while self.buffered < self.share:
+            batch = next(self.rows)
+            self.buffer.append(batch)
+            self.buffered += len(batch["n"])
+        rows = {key: torch.cat([b[key] for b in self.buffer]) for key in self.buffer[0]}
+        rest = {key: v[self.share:] for key, v in rows.items()}
+        self.buffer, self.buffered = ([rest], len(rest["n"])) if len(rest["n"]) else ([], 0)
+        if "epoch" in rows:
+            self.epoch = int(rows["epoch"][self.share - 1])
+        return {key: v[:self.share] for key, v in rows.items() if key in ROW_KEYS}
+
+
+def skip_rows(step, share, first_epoch, num_records, world_size):
+    """Rows of one worker's shard used before `step`, less those of the epochs before `first_epoch`."""
+    if num_records is None:
+        return step * share
+    return max(0, step * share - first_epoch * num_records // world_size)
+
+
+def _with_epoch(batch, epoch):
+    return {**batch, "epoch": np.full(len(batch["n"]), epoch, dtype=np.int64)}
+
+
+class CacheEpochs:
+    """TorchTrainer's cached-mode dataset, a callable it calls at each worker-group start (the first and every
+    restart): cache epochs e0, e0+1, ... up to the run's last step as one stream with an "epoch" column, k redrawn
+    given n each epoch (seeded by train.seed). e0 is the epoch of the newest checkpoint in the run directory, so a
+    resumed run reads at most one epoch it does not use."""
+
+    def __init__(self, cfg, cache):
+        self.cfg, self.cache = cfg, cache
+
+    def __call__(self):
+        t = self.cfg.train
+        steps = RunDir(t.storage_path, t.run_name, t.storage_options).checkpoint_steps()
+        M = self.cache.num_records
+        first, last = (steps[-1] if steps else 0) * t.batch_size // M, math.ceil(t.steps * t.batch_size / M)
+        epochs = [cache_dataset(self.cache, pairs=True, epoch=e, seed=t.seed)
+                  .map_batches(_with_epoch, fn_kwargs={"epoch": e}, batch_format="numpy", batch_size=None)
+                  for e in range(first, max(last, first + 1))]
+        return epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]

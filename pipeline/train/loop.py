@@ -1,0 +1,178 @@
+"""The training loop each Ray Train worker runs: build or restore the state, take steps, log, checkpoint.
+
+Rank 0 prints a progress line every train.log_every steps, keeps stats.jsonl in the run directory and, at each
+checkpoint, writes sample grids of the first EMA (train.ema_rates[0]) at NFE 1 and 2 (γ = 0). Every rank calls
+ray.train.report at each checkpoint (it is a barrier); only rank 0 passes the checkpoint directory.
+"""
+
+import json
+import os
+import resource
+import tempfile
+import time
+
+import ray.train
+import ray.train.torch
+import torch
+
+from ctm.sampling import gamma_sample
+from ctm.schedule import karras_grid
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import load_config
+from pipeline.datasets import load_dataset
+from pipeline.images import save_grid
+from pipeline.teachers import build_teacher
+from pipeline.train.data import CachedBatches, OnlineBatches
+from pipeline.train.rundir import RunDir, checkpoint_dir_name
+from pipeline.train.state import build_state, load_weights, resume, state_parts
+from pipeline.train.step import CTMStep, is_discriminator_step
+
+SAMPLE_GRID = 64
+
+
+def needs_teacher(cfg, restoring):
+    """Online mode solves the teacher in every step; a fresh 'teacher'-architecture student copies its weights."""
+    fresh_copy = cfg.student.architecture == "teacher" and cfg.student.init_from_teacher and not restoring
+    return cfg.train.teacher_mode == "online" or fresh_copy
+
+
+def read_checkpoint(path, device):
+    """A checkpoint's parts from a local directory / checkpoint.pt, or a URL that Ray Train can download."""
+    if "://" not in str(path):
+        return load_checkpoint(path, map_location=device)
+    with ray.train.Checkpoint(str(path).removesuffix("/checkpoint.pt")).as_directory() as d:
+        return load_checkpoint(d, map_location=device)
+
+
+def restore(state, cfg, device):
+    """Resume from Ray Train's latest checkpoint of this run, or take the weights of train.init_checkpoint."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume(state, load_checkpoint(d, map_location=device))
+        return f"resumed at step {state.step} from {checkpoint.path}"
+    if cfg.train.init_checkpoint:
+        load_weights(state, read_checkpoint(cfg.train.init_checkpoint, device))
+        return f"student, target and EMAs from {cfg.train.init_checkpoint} (fresh D and optimisers, step 0)"
+    return "fresh start"
+
+
+def peak_memory_mb(device):
+    """Peak resident memory of this worker process, and peak CUDA memory allocated (0 on the CPU), in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cuda = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else 0.0
+    return round(rss, 1), round(cuda, 1)
+
+
+class ProgressLog:
+    """Rank 0's progress lines and stats.jsonl (rewritten at each checkpoint; lines past a resumed step dropped)."""
+
+    def __init__(self, run, cfg, start_step):
+        self.run, self.cfg = run, cfg
+        old = run.read_text("stats.jsonl") or ""
+        self.lines = [line for line in old.splitlines() if line and json.loads(line)["step"] <= start_step]
+        self.window_start, self.window_steps, self.busy = time.perf_counter(), 0, 0.0
+        self.last = {}
+
+    def pause(self, seconds):
+        """Time spent checkpointing and sampling, left out of samples/s."""
+        self.busy += seconds
+
+    def step(self, step, stats, lr, lr_d, device):
+        self.last.update(stats)
+        self.window_steps += 1
+        if step % self.cfg.train.log_every and step != self.cfg.train.steps:
+            return
+        elapsed = time.perf_counter() - self.window_start - self.busy
+        rss, cuda = peak_memory_mb(device)
+        record = {"step": step, "time": round(time.time(), 3),
+                  "samples_per_s": round(self.window_steps * self.cfg.train.batch_size / max(elapsed, 1e-9), 2),
+                  **{k: round(v, 6) for k, v in self.last.items()}, "lr": lr, "lr_d": lr_d,
+                  "peak_rss_mb": rss, "peak_cuda_mb": cuda}
+        self.lines.append(json.dumps(record))
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in self.last.items())
+        print(f"step {step}/{self.cfg.train.steps}  {record['samples_per_s']:.1f} samples/s  {shown}  lr {lr:.3g}",
+              flush=True)
+        self.window_start, self.window_steps, self.busy = time.perf_counter(), 0, 0.0
+
+    def flush(self):
+        self.run.write_text("stats.jsonl", "".join(line + "\n" for line in self.lines))
+
+
+def write_samples(state, run, label_dim, device):
+    """PNG grids of the first EMA's samples at NFE 1 and 2 (γ = 0, fixed latents) into <run>/samples/."""
+    ema = next(iter(state.emas.values()))
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(SAMPLE_GRID, ema.img_channels, ema.img_resolution, ema.img_resolution, generator=g)
+    labels = torch.arange(SAMPLE_GRID, device=device) % label_dim if label_dim else None
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for nfe in (1, 2):
+            local = os.path.join(tmp, f"nfe{nfe}.png")
+            save_grid(gamma_sample(ema, latents.to(device), nfe, 0.0, labels), local)
+            run.put(local, f"samples/step_{state.step:07d}_nfe{nfe}.png")
+
+
+def maybe_fail(cfg, run, step, rank):
+    """TEST ONLY (train.fail_at_step): rank 0's process dies once at that step; a marker in the run dir keeps the
+    restarted worker from dying again."""
+    marker = f"fail_at_step_{step}.marker"
+    if rank == 0 and cfg.train.fail_at_step == step and not run.exists(marker):
+        run.write_text(marker, "")
+        os._exit(1)
+
+
+def report(state, cfg, source, metrics, rank):
+    """ray.train.report on every rank; rank 0 hands over the checkpoint directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(tmp, **state_parts(state), config=cfg.to_dict(), data=source.position(state.step),
+                            rng={"train_seed": cfg.train.seed, "step": state.step})
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
+
+
+def train_loop_per_worker(config):
+    """config: {"cfg": Config.to_dict(), "student_kwargs": CTMPrecond kwargs, "num_records": cache size or None}."""
+    cfg = load_config(base=config["cfg"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    run = RunDir(t.storage_path, t.run_name, t.storage_options)
+    grid = karras_grid(cfg.grid.N, cfg.grid.sigma_min, cfg.grid.sigma_max, cfg.grid.rho)
+    restoring = ray.train.get_checkpoint() is not None or t.init_checkpoint is not None
+    teacher = build_teacher(cfg, device) if needs_teacher(cfg, restoring) else None
+    kwargs = config["student_kwargs"]
+    state = build_state(cfg, kwargs, teacher, device)
+    how = restore(state, cfg, device)
+    state.G = ray.train.torch.prepare_model(state.G)
+    if state.D is not None:
+        state.D = ray.train.torch.prepare_model(state.D)
+    if t.teacher_mode == "online":
+        images, labels, _ = load_dataset(cfg.data)
+        source = OnlineBatches(images, labels, cfg, grid, rank, world_size)
+    else:
+        source = CachedBatches(ray.train.get_dataset_shard("train"), t.batch_size // world_size, world_size,
+                               config["num_records"], state.step)
+    step_fn = CTMStep(cfg, grid, teacher, device, rank, world_size)
+    log = ProgressLog(run, cfg, state.step) if rank == 0 else None
+    if rank == 0:
+        print(f"[train] {how}; {world_size} worker(s) on {device}; run directory {run.url}", flush=True)
+    stats = {}
+    while state.step < t.steps:
+        maybe_fail(cfg, run, state.step, rank)
+        d_step = is_discriminator_step(state.step, t.gan_start)
+        stats.update(step_fn(state, source(state.step)))
+        state.step += 1
+        if rank == 0:
+            log.step(state.step, stats, state.opt_G.param_groups[0]["lr"],
+                     state.opt_D.param_groups[0]["lr"] if state.opt_D else 0.0, device)
+        if state.step % t.checkpoint_every == 0 or state.step == t.steps:
+            started = time.perf_counter()
+            if rank == 0:
+                write_samples(state, run, kwargs["label_dim"], device)
+                log.flush()
+            report(state, cfg, source, {"step": state.step, "kind": "D" if d_step else "G", **stats}, rank)
+            if rank == 0:
+                log.pause(time.perf_counter() - started)

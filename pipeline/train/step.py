@@ -1,0 +1,159 @@
+"""One optimiser step as the official `CMTrainLoop` takes it (reference §3).
+
+A worker's share of the global batch is cut into micro-batches; each micro-batch's loss is its mean (adaptive λ's
+per micro-batch), and the gradients of all micro-batches of the global batch are summed: each worker back-propagates
+world_size × its micro-batch means and DDP averages over workers, so the update does not depend on how the global
+batch is spread over workers (the official code sums per GPU and averages over GPUs). Once the GAN stage has started
+(step >= train.gan_start) odd steps update D only and even steps G (g_learning_period = 2; the counter counts both).
+The target θ⁻ and the evaluation EMAs follow G after each G step. bf16 autocast on CUDA, fp32 on the CPU; D in fp32.
+
+Every random draw of a micro-batch (s, the DSM σ and noise, dropout and DiffAugment) comes from seeds made of
+(train.seed, step, global micro-batch index), so a resumed run redraws exactly what it would have drawn, and one
+worker sees the same draws as two workers sharing the same global batch.
+"""
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ctm.distances import build_distance
+from ctm.losses import CTMLoss, DSMLoss
+from ctm.schedule import sample_dsm_sigma, sample_s_index
+from ctm.training import discriminator_objective, ema_update, generator_objective, heun_segment
+from pipeline.train.state import unwrap
+
+STREAM_DATA, STREAM_STEP, STREAM_TORCH, STREAM_K, STREAM_PERM = range(5)
+
+
+def seed_for(*keys):
+    """A 63-bit seed from non-negative integers (train.seed, step, micro-batch index, stream)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def generator_for(*keys):
+    return torch.Generator().manual_seed(seed_for(*keys))
+
+
+def micro_batches(batch, size):
+    """Split a batch dict of (B, ...) tensors into dicts of `size` rows."""
+    B = len(next(iter(batch.values())))
+    if B % size:
+        raise ValueError(f"a batch of {B} rows does not split into micro-batches of {size}: train.micro_batch must "
+                         "divide each worker's share train.batch_size / train.num_workers")
+    return [{key: v[i:i + size] for key, v in batch.items()} for i in range(0, B, size)]
+
+
+def is_discriminator_step(step, gan_start):
+    """In the GAN stage odd steps train D only (g_learning_period = 2)."""
+    return gan_start is not None and step >= gan_start and step % 2 == 1
+
+
+class StudentView:
+    """G called through its DDP wrapper (so its gradients are all-reduced), with g from the wrapped CTMPrecond."""
+
+    def __init__(self, G):
+        self.G, self.g = G, unwrap(G).g
+
+    def __call__(self, x, t, s, class_labels=None):
+        return self.G(x, t, s, class_labels)
+
+
+class CTMStep:
+    """step(state, batch) -> stats: one optimiser step (G or D) on this worker's share of the global batch.
+
+    batch: x0 (B, C, H, W) real images (augmented), label (B,), n, k (B,) grid indices of t = t_n and u = t_{n+k},
+    x_t (B, C, H, W), and x_u = Heun^k(x_t) when the trajectory cache supplies it (else the teacher solves it here).
+    """
+
+    def __init__(self, cfg, grid, teacher=None, device="cpu", rank=0, world_size=1):
+        t = cfg.train
+        distance = build_distance(t.distance, t.lpips_vgg_path, t.lpips_lin_path)
+        if isinstance(distance, torch.nn.Module):
+            distance = distance.to(device)
+        self.ctm_loss, self.dsm_loss = CTMLoss(distance, float(grid[-1])), DSMLoss()
+        self.grid, self.N = grid.to(device, torch.float64), len(grid)
+        self.teacher, self.device = teacher, torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.micro, self.seed, self.gan_start = t.micro_batch, t.seed, t.gan_start
+        self.target_ema, self.lambda_dsm, self.lambda_gan = t.target_ema, t.lambda_dsm, t.lambda_gan
+        self.use_labels = cfg.data.use_labels
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def __call__(self, state, batch):
+        d_step = is_discriminator_step(state.step, self.gan_start)
+        B = len(batch["n"])
+        chunks = micro_batches(batch, self.micro or B)
+        first = self.rank * len(chunks)  # global index of this worker's first micro-batch
+        for opt in (state.opt_G, state.opt_D):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        totals = {}
+        for i, mb in enumerate(chunks):
+            torch.manual_seed(seed_for(self.seed, state.step, first + i, STREAM_TORCH))  # dropout, DiffAugment
+            gen = generator_for(self.seed, state.step, first + i, STREAM_STEP)
+            with self.no_sync(state, last=i == len(chunks) - 1):
+                loss, stats = (self.discriminator_loss if d_step else self.generator_loss)(state, mb, gen)
+                (loss * self.world_size).backward()
+            for key, v in stats.items():
+                totals[key] = totals.get(key, 0.0) + v / len(chunks)
+        if d_step:
+            state.opt_D.step()
+        else:
+            state.opt_G.step()
+            G = unwrap(state.G)
+            ema_update(state.G_target, G, self.target_ema)
+            for rate, ema in state.emas.items():
+                ema_update(ema, G, rate)
+        return totals
+
+    def no_sync(self, state, last):
+        """Accumulate locally on all but the last micro-batch; DDP all-reduces on the last backward."""
+        stack = contextlib.ExitStack()
+        if not last:
+            for module in (state.G, state.D):
+                if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+                    stack.enter_context(module.no_sync())
+        return stack
+
+    def times(self, mb, gen):
+        """t = t_n, u = t_{n+k}, s = t_j with j ~ U{n+k..N−1} (s ≤ u, down to σ_min), on the device."""
+        n, k = mb["n"].long(), mb["k"].long()
+        j = sample_s_index(n, k, self.N, gen)
+        n, k, j = (a.to(self.device) for a in (n, k, j))
+        return n, k, self.grid[n].float(), self.grid[n + k].float(), self.grid[j].float()
+
+    def teacher_segment(self, x_t, n, k, labels):
+        """Online mode: x_u = Heun^k(x_t) on the grid, in the teacher's own precision (as the cache stores it)."""
+        if self.teacher is None:
+            raise ValueError("this batch has no cached x_u and no teacher was given: online mode "
+                             "(train.teacher_mode=online) needs the teacher inside the step")
+        with torch.no_grad():
+            return heun_segment(self.teacher.denoise, x_t, self.grid, n, k, labels).float()
+
+    def generator_loss(self, state, mb, gen):
+        n, k, t, u, s = self.times(mb, gen)
+        sigma = sample_dsm_sigma(len(n), gen).float().to(self.device)
+        noise = torch.randn(mb["x0"].shape, generator=gen).to(self.device)
+        x0, x_t = mb["x0"].to(self.device), mb["x_t"].to(self.device)
+        labels = mb["label"].to(self.device) if self.use_labels else None
+        x_u = mb["x_u"].to(self.device) if "x_u" in mb else self.teacher_segment(x_t, n, k, labels)
+        gan = self.gan_start is not None and state.step >= self.gan_start
+        with self.autocast():
+            loss, _, stats = generator_objective(
+                StudentView(state.G), state.G_target, self.ctm_loss, self.dsm_loss, x_t, t, x_u, u, s, x0, sigma,
+                noise, unwrap(state.G).last_layer_weight(), D=state.D if gan else None, weight_dsm=self.lambda_dsm,
+                weight_gan=self.lambda_gan, class_labels=labels)
+        return loss, stats
+
+    def discriminator_loss(self, state, mb, gen):
+        """Hinge loss on real x0 against x_est = G_θ⁻(G_θ(x_t, t, s), s, σ_min), rebuilt without a graph."""
+        _, _, t, _, s = self.times(mb, gen)
+        x0, x_t = mb["x0"].to(self.device), mb["x_t"].to(self.device)
+        labels = mb["label"].to(self.device) if self.use_labels else None
+        with torch.no_grad(), self.autocast():
+            x_est = state.G_target(state.G(x_t, t, s, labels), s, float(self.grid[-1]), labels)
+        loss = discriminator_objective(state.D, x0, x_est.float())
+        return loss, {"loss_d": loss.item()}

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctm.discriminator import TORCHVISION_WEIGHT_FILES
+from ctm.distances import LPIPS_LIN_FILE, VGG16_FILE
+from pipeline.config import ConfigError, load_config
+from pipeline.datasets import check_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+PAPER = {  # ref. ctm-method.md §0, §3 and "Numbers to anchor on"
+    "cifar10_uncond.yaml": dict(N=18, K=17, batch=256, micro=16, target_ema=0.9999, labels=False, gan_start=50000,
+                                teacher="edm-cifar10-32x32-uncond-vp.pkl", data="cifar10"),
+    "cifar10_cond.yaml": dict(N=18, K=17, batch=256, micro=16, target_ema=0.999, labels=True, gan_start=50000,
+                              teacher="edm-cifar10-32x32-cond-vp.pkl", data="cifar10"),
+    "imagenet64.yaml": dict(N=40, K=39, batch=1440, micro=18, target_ema=0.999, labels=True, gan_start=None,
+                            teacher="edm-imagenet-64x64-cond-adm.pkl", data="imagenet64"),
+}
+
+
+def config_files():
+    return sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def test_the_configs_that_should_be_there_are():
+    assert set(config_files()) == {"digits.yaml", *PAPER}
+
+
+@pytest.mark.parametrize("name", config_files())
+def test_config_loads_and_names_no_machine_path(name):
+    cfg = load_config(CONFIGS / name)
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    for section, values in raw.items():
+        assert set(values) <= set(cfg.to_dict()[section]), section  # every key is a real key (load_config checks too)
+    paths = [v for v in _leaves(cfg.to_dict()) if isinstance(v, str) and ("/" in v or v.endswith((".pkl", ".pth")))]
+    assert paths and all(not p.startswith(("/", "~")) and ":" not in p for p in paths), paths
+
+
+def _leaves(tree):
+    for v in tree.values():
+        yield from (_leaves(v) if isinstance(v, dict) else [v])
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_configs_carry_the_official_hyperparameters(name):
+    cfg, want = load_config(CONFIGS / name), PAPER[name]
+    g, t, e = cfg.grid, cfg.train, cfg.eval
+    assert (g.N, g.K_max, g.sigma_min, g.sigma_max, g.rho) == (want["N"], want["K"], 0.002, 80.0, 7.0)
+    assert cfg.teacher.kind == "edm" and cfg.teacher.path == f"weights/{want['teacher']}"
+    assert cfg.data.name == want["data"] and cfg.data.hflip and cfg.data.use_labels == want["labels"]
+    assert (t.batch_size, t.micro_batch, t.lr, t.lr_d, t.betas_d) == (want["batch"], want["micro"], 4e-4, 2e-3,
+                                                                      (0.5, 0.9))
+    assert t.target_ema == want["target_ema"] and t.gan_start == want["gan_start"] and 0.999 in t.ema_rates
+    assert t.distance == "lpips" and t.lambda_dsm is None and t.lambda_gan is None
+    assert (t.lpips_vgg_path, t.lpips_lin_path) == (f"weights/{VGG16_FILE}", f"weights/{LPIPS_LIN_FILE}")
+    assert t.discriminator == "efficientnet_b0+vit_b_16"
+    assert t.discriminator_weights == {k: f"weights/{v}" for k, v in TORCHVISION_WEIGHT_FILES.items()}
+    assert (e.features, e.inception_path, e.num_samples, e.ema_rate) == \
+        ("inception", "weights/inception-2015-12-05.pt", 50000, 0.999)
+    assert 1 in e.nfe and 2 in e.nfe and 0.0 in e.gammas
+
+
+def test_imagenet64_gan_stage_overrides_from_its_comment_are_valid():
+    cfg = load_config(CONFIGS / "imagenet64.yaml", ["train.init_checkpoint=runs/imagenet64/ckpt", "train.gan_start=0",
+                                                   "train.lr=8.0e-6", "train.batch_size=2112", "train.micro_batch=11",
+                                                   "train.steps=30000"])
+    assert cfg.train.lr == 8e-6 and cfg.train.batch_size // cfg.train.num_workers % cfg.train.micro_batch == 0
+
+
+def test_digits_is_the_small_embedded_default():
+    cfg = load_config(CONFIGS / "digits.yaml")
+    assert (cfg.teacher.kind, cfg.data.name, cfg.student.architecture, cfg.train.teacher_mode) == \
+        ("gmm", "digits", "tiny", "cached")
+    assert cfg.grid.N == 18 and cfg.train.distance in ("l2", "pseudo_huber") and cfg.eval.features == "digits"
+    assert not cfg.data.hflip and cfg.train.steps <= 1000 and cfg.train.gan_start < cfg.train.steps
+    assert check_dataset(cfg.data)["image_shape"] == [1, 8, 8]
+
+
+def test_a_typo_in_a_config_is_refused(tmp_path):
+    text = (CONFIGS / "cifar10_uncond.yaml").read_text().replace("  lr: 4.0e-4", "  lrr: 4.0e-4")
+    (tmp_path / "typo.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="train.lrr"):
+        load_config(tmp_path / "typo.yaml")
