@@ -19,6 +19,8 @@ def test_gamma_zero_lands_on_the_next_time_and_gamma_one_on_sigma_min():
     t, s = Setting(2, 0.0).times(GRID)
     assert t[0] == 80 and math.isclose(t[1], 2.5152, rel_tol=1e-3) and t[2] == 0.002  # 80 → 2.515 → 0.002
     assert s == t[1:]
+    t, s = Setting(8, 0.0).times(GRID)
+    assert s == t[1:]  # exactly, though √1·(t − σ_min) + σ_min rounds above t at some t
     _, s = Setting(4, 1.0).times(GRID)
     assert all(math.isclose(v, 0.002) for v in s)
 

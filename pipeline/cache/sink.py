@@ -32,9 +32,9 @@ class ManifestCommitter:
         self.manifest = with_entry(self.manifest, entry)
         self.store.write_json(MANIFEST, self.manifest)
         self.done_records += entry["count"]
-        rate = self.done_records / max(time.time() - self.started, 1e-9)
         print(f"[cache] shard {entry['shard']} committed (records {entry['start']}..{entry['stop'] - 1}); "
-              f"{self.done_records}/{self.todo_records} records this run, {rate:.0f} records/s", flush=True)
+              f"{self.done_records}/{self.todo_records} records of this run after {time.time() - self.started:.1f} s",
+              flush=True)
         return self.done_records
 
 

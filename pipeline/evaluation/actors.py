@@ -81,7 +81,7 @@ class Evaluator:
         e, grid = self.cfg.eval, self.cfg.grid
         batches = teacher_heun_batches(teacher, grid, e.num_samples, e.batch_size, e.seed, image_shape, label_dim,
                                        self.device)
-        setting = {"label": f"teacher Heun, N={grid.N}", "nfe": 2 * (grid.N - 1), "sampler": "heun"}
+        setting = {"label": f"teacher Heun, N={grid.N}", "tag": "teacher_heun", "nfe": 2 * (grid.N - 1)}
         return self._score(batches, info, setting)
 
     def likelihood(self, source):

@@ -55,8 +55,8 @@ def write_sweep_report(results, out, config=None):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Sampling-schedule sweep (no training)", "", *measured_on(results[0]), ""]
-    for label, group in by_model(results).items():
-        plot = out / f"sweep_{slug(label)}.png"
+    for i, (label, group) in enumerate(by_model(results).items()):
+        plot = out / f"sweep_{i}_{slug(label)}.png"
         plot_fid_vs_gamma(group, plot, label)
         lines += [f"## {label}", "", *fid_table(group), "", "Best setting per NFE:", ""]
         lines += [f"- NFE {n}: {r['setting']['label']}, FID {r['fid']:.4g}" for n, r in best_per_nfe(group).items()]

@@ -78,7 +78,10 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
         ax.axhline(teacher["fid"], color="k", ls="--", lw=1, label=f"teacher Heun ({teacher['setting']['nfe']} NFE)")
     if results:
         ax.axhline(results[0]["real_vs_real"]["fd"], color="grey", ls=":", lw=1, label="real vs real")
+    nfes = sorted({r["setting"]["nfe"] for r in gamma})
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(nfes, [str(n) for n in nfes])
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"FID ({results[0]['features']['name'] if results else ''})")
     ax.set_title(title, fontsize=8)
@@ -91,7 +94,7 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
 def save_grids(results, out, prefix):
     paths = []
     for r in results:
-        path = Path(out) / f"{prefix}{slug(r['setting']['label'])}.png"
+        path = Path(out) / f"{prefix}{r['setting']['tag']}.png"
         save_grid(np.asarray(r["preview"], dtype=np.float32), path)
         paths.append(path)
     return paths

@@ -34,17 +34,25 @@ class Setting:
             return f"2-step i1={self.i1} i2={self.i2}"
         return f"NFE {self.nfe} γ={self.gamma:g}"
 
+    @property
+    def tag(self):
+        """The label as a file-name part."""
+        if self.i1 is not None:
+            return f"two_step_i1_{self.i1}_i2_{self.i2}"
+        return f"nfe{self.nfe}_gamma{self.gamma:g}"
+
     def times(self, grid_cfg):
         """(t_steps, s_steps) of the jumps, on the config's σ range (and N-point grid for the 2-step variant)."""
         if self.i1 is None:
-            return gamma_steps(self.nfe, self.gamma, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho)
+            t, s = gamma_steps(self.nfe, self.gamma, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho)
+            return t, [min(s_n, t_next) for s_n, t_next in zip(s, t[1:])]  # s_n <= t_{n+1} despite rounding at γ = 0
         grid = karras_grid(grid_cfg.N, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho).tolist()
         if not 0 < self.i2 <= self.i1 < len(grid) - 1:
             raise ValueError(f"2-step indices need 0 < i2 <= i1 < N-1 = {len(grid) - 1}; got i1={self.i1}, i2={self.i2}")
         return [grid[0], grid[self.i2], grid[-1]], [grid[self.i1], grid[-1]]
 
     def to_dict(self, grid_cfg=None):
-        d = {**asdict(self), "label": self.label}
+        d = {**asdict(self), "label": self.label, "tag": self.tag}
         if grid_cfg is not None:
             d["t_steps"], d["s_steps"] = self.times(grid_cfg)
         return d

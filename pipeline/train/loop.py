@@ -122,7 +122,9 @@ def maybe_fail(cfg, run, step, rank):
 
 
 def report(state, cfg, source, metrics, rank):
-    """ray.train.report on every rank; rank 0 hands over the checkpoint directory."""
+    """ray.train.report on every rank; rank 0 hands over the checkpoint directory and waits until Ray Train has
+    registered it in the run's snapshot (else a worker dying right after would lose it: the controller collects
+    reports by polling)."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
@@ -130,6 +132,8 @@ def report(state, cfg, source, metrics, rank):
                             rng={"train_seed": cfg.train.seed, "step": state.step})
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
+    if rank == 0:
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 def train_loop_per_worker(config):

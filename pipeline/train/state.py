@@ -60,8 +60,10 @@ def build_student(cfg, kwargs, teacher=None):
 
 
 def build_state(cfg, kwargs, teacher, device):
-    """A fresh TrainState on `device` (the teacher is only read for its weights when the student copies them)."""
+    """A fresh TrainState on `device`, its random initial weights a function of train.seed (the teacher is only read
+    for its weights when the student copies them)."""
     t = cfg.train
+    torch.manual_seed(t.seed)
     G = build_student(cfg, kwargs, teacher).to(device).train()
     G_target = copy.deepcopy(G).requires_grad_(False)
     emas = {rate: copy.deepcopy(G).eval().requires_grad_(False) for rate in t.ema_rates}

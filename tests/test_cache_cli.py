@@ -1,0 +1,110 @@
+"""The generation CLI: killed with SIGKILL mid-run and rerun, it finishes without rewriting complete shards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from ctm.digits import fit_digits_teacher
+from jobs.generate_trajectories import main
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS, R = 1000, 20
+
+
+def command(root, teacher_path):
+    # batch_size=1 keeps the teacher busy for seconds, long enough to kill the run between commits
+    return [sys.executable, "-m", "jobs.generate_trajectories", "--local-cpus", "4",
+            "--set", f"cache.root={root}", "--set", f"teacher.path={teacher_path}", "--set", "teacher.components=3",
+            "--set", f"cache.num_records={RECORDS}", "--set", f"cache.records_per_shard={R}",
+            "--set", "cache.batch_size=1"]
+
+
+def environment():
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(REPO)}
+
+
+def committed(root):
+    manifests = list(Path(root).glob("*/manifest.json"))
+    if not manifests:
+        return None, []
+    try:
+        return manifests[0].parent, json.loads(manifests[0].read_text())["shards"]
+    except (json.JSONDecodeError, FileNotFoundError):
+        return None, []  # replaced between listing and reading
+
+
+def files(folder, entries):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for e in entries for p in sorted((folder / e["path"]).rglob("*")) if p.is_file()}
+
+
+def kill_group(proc):
+    """SIGKILL the generator, then whatever local Ray processes it started (its own session)."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def teacher_path(tmp_path):
+    path = tmp_path / "teacher.npz"
+    fit_digits_teacher(n_components=3).save(path)
+    return path
+
+
+def test_kill_mid_run_then_rerun_finishes_without_rewriting(tmp_path, teacher_path, capsys):
+    root = tmp_path / "cache"
+    proc = subprocess.Popen(command(root, teacher_path), cwd=REPO, env=environment(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not committed(root)[1]:
+            time.sleep(0.05)
+    finally:
+        kill_group(proc)
+    folder, entries = committed(root)
+    assert 1 <= len(entries) < RECORDS // R, "the run must be killed after a commit and before the end"
+    before = files(folder, entries)
+
+    done = subprocess.run(command(root, teacher_path), cwd=REPO, env=environment(), capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "teacher:\n  kind: gmm" in done.stdout and f"cache: {folder}" in done.stdout  # config first, cache last
+
+    _, after = committed(root)
+    assert [(e["start"], e["stop"]) for e in after] == [(s, s + R) for s in range(0, RECORDS, R)]
+    assert {e["path"] for e in entries} <= {e["path"] for e in after}
+    assert files(folder, entries) == before  # same bytes, same mtimes: no complete shard was rewritten
+    index = np.concatenate([zarr.open_group(folder / e["path"], mode="r")["index"][:] for e in after])
+    assert np.array_equal(index, np.arange(RECORDS))  # no duplicate, no gap
+    assert sorted(p.name for p in (folder / "shards").iterdir()) == sorted(e["path"][7:] for e in after)
+
+    assert main(["verify", "--cache", str(folder)]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
+    assert main(["describe", "--cache", str(folder)]) == 0
+    assert f"records   {RECORDS} in {RECORDS // R} shards of {R}" in capsys.readouterr().out
+    (folder / after[7]["path"] / "start/c/0").write_bytes(b"\0" * 8)
+    assert main(["verify", "--cache", str(folder), "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED shard 7 (records {7 * R}..{8 * R - 1}" in out and out.strip().endswith("NOT OK")
+
+
+def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
+    assert main(["verify", "--set", "grid.N=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ConfigError: config key 'grid.N'") and err.count("\n") == 1
+    assert main(["describe", "--cache", str(tmp_path)]) == 2
+    assert "error: CacheNotFoundError: no manifest.json at" in capsys.readouterr().err
