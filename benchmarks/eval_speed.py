@@ -17,7 +17,8 @@ from ctm.networks import tiny_songunet_kwargs
 from ctm.student import build_ctm_student
 from pipeline.config import load_config
 from pipeline.evaluation.features import FeatureSet, digits_features, gray_to_rgb
-from pipeline.evaluation.fid import Reference, build_reference, cleanfid_features, fid, image_batches, statistics
+from pipeline.datasets import load_dataset
+from pipeline.evaluation.fid import Reference, cleanfid_features, fid, image_batches, statistics
 from pipeline.evaluation.models import teacher_heun_batches, teacher_model
 from pipeline.evaluation.settings import Setting, sample_batches
 
@@ -63,13 +64,15 @@ def main(argv=None):
     p.add_argument("--teacher", action="store_true", help="also time the digits mixture teacher's 34-NFE Heun")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    cfg = load_config(overrides=[f"eval.num_samples={args.num}", "eval.reference_cache=runs/benchmarks/references"])
+    cfg = load_config(overrides=[f"eval.num_samples={args.num}"])
     kwargs = CIFAR10_DDPMPP if args.net == "cifar10" else tiny_songunet_kwargs(8, 1)
     G = build_ctm_student(**kwargs).to(args.device).eval().requires_grad_(False)
     shape = (G.img_channels, G.img_resolution, G.img_resolution)
     if args.features == "digits":
         fs = digits_features(args.device)
-        reference = build_reference(cfg, fs, args.device)
+        real, _, _ = load_dataset(cfg.data)
+        reference = Reference(*statistics(cleanfid_features(image_batches(real, args.batch), len(real), fs, args.batch,
+                                                            args.device)))
     else:
         fs = proxy_inception_features(args.device)
         reference = Reference(*statistics(np.random.default_rng(0).normal(size=(4096, 2048))))

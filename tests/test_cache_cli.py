@@ -1,4 +1,7 @@
-"""The generation CLI: killed with SIGKILL mid-run and rerun, it finishes without rewriting complete shards."""
+"""The generation CLI: killed with SIGKILL mid-run and rerun, it finishes without rewriting complete shards.
+
+The CLI runs as a separate driver connected to the session's Ray cluster, as under `ray job submit`.
+"""
 
 import json
 import os
@@ -16,20 +19,20 @@ from ctm.digits import fit_digits_teacher
 from jobs.generate_trajectories import main
 
 REPO = Path(__file__).resolve().parents[1]
-RECORDS, R = 1000, 20
+RECORDS, R = 200, 10
 
 
 def command(root, teacher_path):
     # batch_size=1 keeps the teacher busy for seconds, long enough to kill the run between commits
-    return [sys.executable, "-m", "jobs.generate_trajectories", "--local-cpus", "4",
+    return [sys.executable, "-m", "jobs.generate_trajectories",
             "--set", f"cache.root={root}", "--set", f"teacher.path={teacher_path}", "--set", "teacher.components=3",
             "--set", f"cache.num_records={RECORDS}", "--set", f"cache.records_per_shard={R}",
             "--set", "cache.batch_size=1"]
 
 
-def environment():
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(REPO)}
+def environment(ray_cluster):
+    return {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(REPO)}
 
 
 def committed(root):
@@ -47,17 +50,6 @@ def files(folder, entries):
             for e in entries for p in sorted((folder / e["path"]).rglob("*")) if p.is_file()}
 
 
-def kill_group(proc):
-    """SIGKILL the generator, then whatever local Ray processes it started (its own session)."""
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(1)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture
 def teacher_path(tmp_path):
     path = tmp_path / "teacher.npz"
@@ -65,22 +57,23 @@ def teacher_path(tmp_path):
     return path
 
 
-def test_kill_mid_run_then_rerun_finishes_without_rewriting(tmp_path, teacher_path, capsys):
+def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_path, teacher_path, capsys):
     root = tmp_path / "cache"
-    proc = subprocess.Popen(command(root, teacher_path), cwd=REPO, env=environment(), start_new_session=True,
+    proc = subprocess.Popen(command(root, teacher_path), cwd=REPO, env=environment(ray_cluster),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and not committed(root)[1]:
             time.sleep(0.05)
     finally:
-        kill_group(proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     folder, entries = committed(root)
     assert 1 <= len(entries) < RECORDS // R, "the run must be killed after a commit and before the end"
     before = files(folder, entries)
 
-    done = subprocess.run(command(root, teacher_path), cwd=REPO, env=environment(), capture_output=True, text=True,
-                          timeout=300, start_new_session=True)
+    done = subprocess.run(command(root, teacher_path), cwd=REPO, env=environment(ray_cluster), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "teacher:\n  kind: gmm" in done.stdout and f"cache: {folder}" in done.stdout  # config first, cache last
 
@@ -96,7 +89,7 @@ def test_kill_mid_run_then_rerun_finishes_without_rewriting(tmp_path, teacher_pa
     assert capsys.readouterr().out.strip().endswith("OK")
     assert main(["describe", "--cache", str(folder)]) == 0
     assert f"records   {RECORDS} in {RECORDS // R} shards of {R}" in capsys.readouterr().out
-    (folder / after[7]["path"] / "start/c/0").write_bytes(b"\0" * 8)
+    (folder / after[7]["path"] / "start/c/0").write_bytes(b"\0" * 8)  # cut short
     assert main(["verify", "--cache", str(folder), "--quick"]) == 1
     out = capsys.readouterr().out
     assert f"DAMAGED shard 7 (records {7 * R}..{8 * R - 1}" in out and out.strip().endswith("NOT OK")

@@ -44,3 +44,10 @@ def test_reports_say_what_was_measured(tmp_path):
     sweep = (tmp_path / "sweep" / "sweep.md").read_text()
     assert sweep.count("Best setting per NFE") == 2 and "- NFE 2: 2-step i1=9 i2=5, FID 2.5" in sweep
     assert len(list((tmp_path / "sweep").glob("sweep_*.png"))) == 2
+
+
+def test_eval_speed_benchmark_runs(capsys):
+    from benchmarks.eval_speed import main
+    main(["--num", "20", "--batch", "10", "--nfe", "1", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "seconds per 1,000 samples" in out and "NFE 2, γ=0" in out and "(FID " in out

@@ -29,6 +29,7 @@ class ManifestCommitter:
         self.todo_records, self.done_records, self.started = todo_records, 0, time.time()
 
     def commit(self, entry):
+        entry = {**entry, "committed": time.time()}
         self.manifest = with_entry(self.manifest, entry)
         self.store.write_json(MANIFEST, self.manifest)
         self.done_records += entry["count"]

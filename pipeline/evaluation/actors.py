@@ -19,7 +19,7 @@ from .features import build_features, check_features
 from .fid import build_reference, cleanfid_features, fid
 from .models import as_model, teacher_heun_batches, teacher_model
 from .nll import likelihood_images, student_nll
-from .settings import Setting, sample_batches
+from .settings import sample_batches
 
 PREVIEW = 64  # samples kept from each setting for the report's grids
 
@@ -69,7 +69,6 @@ class Evaluator:
         model, e, grid = self._model(source), self.cfg.eval, self.cfg.grid
         results = []
         for setting in settings:
-            setting = Setting(**setting) if isinstance(setting, dict) else setting
             batches = sample_batches(model.G, setting, grid, e.num_samples, e.batch_size, e.seed, model.image_shape,
                                      model.label_dim, self.device)
             results.append(self._score(batches, model.info, setting.to_dict(grid)))

@@ -40,8 +40,8 @@ def measured_on(result):
     return [f"- Features: `{f['name']}` (digest {f['digest']}): {f['description']}",
             f"- Reference: {ref['dataset']} ({count}; {ref['source']})",
             f"- Samples per setting: {result['num_samples']}; latents shared by all settings (seeded)",
-            f"- Real against real at this count: FD {rr['fd']:.4g} ({rr['n']} against {rr['against']} real images, "
-            f"{rr['how']}); no model can be expected to score below it"]
+            f"- Real against real: FD {rr['fd']:.4g} ({rr['n']} against {rr['against']} real images, {rr['how']}); "
+            "FD is biased by sample count and no model can be expected to score below this"]
 
 
 def fid_table(results):
@@ -69,6 +69,7 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(5, 3.6))
     gamma = [r for r in results if r["setting"].get("gamma") is not None]
     for g in sorted({r["setting"]["gamma"] for r in gamma}):
@@ -81,6 +82,8 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
     nfes = sorted({r["setting"]["nfe"] for r in gamma})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xticks(nfes, [str(n) for n in nfes])
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"FID ({results[0]['features']['name'] if results else ''})")

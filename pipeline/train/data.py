@@ -10,7 +10,6 @@
 
 import math
 
-import numpy as np
 import torch
 
 from ctm.schedule import k_probs
@@ -73,27 +72,22 @@ class OnlineBatches:
 class CachedBatches:
     """batches(step) -> the next `share` rows of this worker's dataset shard (a ray.data.DataIterator).
 
-    Resuming at `step`, the rows this worker had used are skipped: its shard stream starts at the epoch in its first
-    row's "epoch" column (0 without one), and it had used step·share rows from epoch 0 on. A shard that runs out
-    starts another pass.
+    The shard streams cache epochs from `first_epoch` on (see CacheEpochs); resuming at `step`, the rows this worker
+    had used since then are skipped. A shard that runs out starts another pass.
     """
 
-    def __init__(self, shard, share, world_size=1, num_records=None, step=0):
+    def __init__(self, shard, share, step=0, first_epoch=0, rows_per_epoch=0):
         self.shard, self.share = shard, share
-        self.world_size, self.num_records, self.resume_step = world_size, num_records, step
+        self.skip = max(0, step * share - first_epoch * rows_per_epoch)
         self.rows, self.buffer, self.buffered = None, [], 0
-        self.epoch = 0
 
     def _stream(self):
-        skip = None
         while True:
             empty = True
             for batch in self.shard.iter_torch_batches(batch_size=self.share):
                 empty = False
-                if skip is None:
-                    first_epoch = int(batch["epoch"][0]) if "epoch" in batch else 0
-                    skip = skip_rows(self.resume_step, self.share, first_epoch, self.num_records, self.world_size)
-                drop, skip = min(skip, len(batch["n"])), skip - min(skip, len(batch["n"]))
+                drop = min(self.skip, len(batch["n"]))
+                self.skip -= drop
                 if drop < len(batch["n"]):
                     yield {key: v[drop:] for key, v in batch.items()}
             if empty:
@@ -101,7 +95,7 @@ class CachedBatches:
                                    "records than train.num_workers")
 
     def position(self, step):
-        return {"mode": "cached", "epoch": self.epoch, "rows": step * self.share}
+        return {"mode": "cached", "rows": step * self.share}
 
     def __call__(self, step):
         if self.rows is None:
@@ -110,30 +104,22 @@ class CachedBatches:
             batch = next(self.rows)
             self.buffer.append(batch)
             self.buffered += len(batch["n"])
-        rows = {key: torch.cat([b[key] for b in self.buffer]) for key in self.buffer[0]}
+        rows = {key: torch.cat([b[key] for b in self.buffer]) for key in ROW_KEYS if key in self.buffer[0]}
         rest = {key: v[self.share:] for key, v in rows.items()}
         self.buffer, self.buffered = ([rest], len(rest["n"])) if len(rest["n"]) else ([], 0)
-        if "epoch" in rows:
-            self.epoch = int(rows["epoch"][self.share - 1])
-        return {key: v[:self.share] for key, v in rows.items() if key in ROW_KEYS}
+        return {key: v[:self.share] for key, v in rows.items()}
 
 
-def skip_rows(step, share, first_epoch, num_records, world_size):
-    """Rows of one worker's shard used before `step`, less those of the epochs before `first_epoch`."""
-    if num_records is None:
-        return step * share
-    return max(0, step * share - first_epoch * num_records // world_size)
-
-
-def _with_epoch(batch, epoch):
-    return {**batch, "epoch": np.full(len(batch["n"]), epoch, dtype=np.int64)}
+def first_epoch(step, batch_size, num_records):
+    """The cache epoch that holds sample step·B of the run: where CacheEpochs starts a resumed run's stream."""
+    return step * batch_size // num_records
 
 
 class CacheEpochs:
     """TorchTrainer's cached-mode dataset, a callable it calls at each worker-group start (the first and every
-    restart): cache epochs e0, e0+1, ... up to the run's last step as one stream with an "epoch" column, k redrawn
-    given n each epoch (seeded by train.seed). e0 is the epoch of the newest checkpoint in the run directory, so a
-    resumed run reads at most one epoch it does not use."""
+    restart): cache epochs e0, e0+1, ... up to the run's last step as one stream, k redrawn given n each epoch
+    (seeded by train.seed). e0 holds the newest checkpoint of the run directory, so a resumed run reads at most one
+    epoch it does not use; the resumed workers skip the rows they had used of it."""
 
     def __init__(self, cfg, cache):
         self.cfg, self.cache = cfg, cache
@@ -142,8 +128,7 @@ class CacheEpochs:
         t = self.cfg.train
         steps = RunDir(t.storage_path, t.run_name, t.storage_options).checkpoint_steps()
         M = self.cache.num_records
-        first, last = (steps[-1] if steps else 0) * t.batch_size // M, math.ceil(t.steps * t.batch_size / M)
-        epochs = [cache_dataset(self.cache, pairs=True, epoch=e, seed=t.seed)
-                  .map_batches(_with_epoch, fn_kwargs={"epoch": e}, batch_format="numpy", batch_size=None)
-                  for e in range(first, max(last, first + 1))]
+        first = first_epoch(steps[-1] if steps else 0, t.batch_size, M)
+        last = max(math.ceil(t.steps * t.batch_size / M), first + 1)
+        epochs = [cache_dataset(self.cache, pairs=True, epoch=e, seed=t.seed) for e in range(first, last)]
         return epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]

@@ -22,7 +22,7 @@ from pipeline.config import load_config
 from pipeline.datasets import load_dataset
 from pipeline.images import save_grid
 from pipeline.teachers import build_teacher
-from pipeline.train.data import CachedBatches, OnlineBatches
+from pipeline.train.data import CachedBatches, OnlineBatches, first_epoch
 from pipeline.train.rundir import RunDir, checkpoint_dir_name
 from pipeline.train.state import build_state, load_weights, resume, state_parts
 from pipeline.train.step import CTMStep, is_discriminator_step
@@ -157,8 +157,9 @@ def train_loop_per_worker(config):
         images, labels, _ = load_dataset(cfg.data)
         source = OnlineBatches(images, labels, cfg, grid, rank, world_size)
     else:
-        source = CachedBatches(ray.train.get_dataset_shard("train"), t.batch_size // world_size, world_size,
-                               config["num_records"], state.step)
+        M = config["num_records"]
+        source = CachedBatches(ray.train.get_dataset_shard("train"), t.batch_size // world_size, state.step,
+                               first_epoch(state.step, t.batch_size, M), M // world_size)
     step_fn = CTMStep(cfg, grid, teacher, device, rank, world_size)
     log = ProgressLog(run, cfg, state.step) if rank == 0 else None
     if rank == 0:

@@ -20,6 +20,7 @@ import torch
 from ctm.distances import build_distance
 from ctm.losses import CTMLoss, DSMLoss
 from ctm.schedule import sample_dsm_sigma, sample_s_index
+from ctm.teachers import GaussianMixtureTeacher
 from ctm.training import discriminator_objective, ema_update, generator_objective, heun_segment
 from pipeline.train.state import unwrap
 
@@ -126,12 +127,14 @@ class CTMStep:
         return n, k, self.grid[n].float(), self.grid[n + k].float(), self.grid[j].float()
 
     def teacher_segment(self, x_t, n, k, labels):
-        """Online mode: x_u = Heun^k(x_t) on the grid, in the teacher's own precision (as the cache stores it)."""
+        """Online mode: x_u = Heun^k(x_t) on the grid, in the precision the cache solves in (float64 for the exact
+        mixture teacher, float32 for networks)."""
         if self.teacher is None:
             raise ValueError("this batch has no cached x_u and no teacher was given: online mode "
                              "(train.teacher_mode=online) needs the teacher inside the step")
+        dtype = torch.float64 if isinstance(self.teacher, GaussianMixtureTeacher) else torch.float32
         with torch.no_grad():
-            return heun_segment(self.teacher.denoise, x_t, self.grid, n, k, labels).float()
+            return heun_segment(self.teacher.denoise, x_t.to(dtype), self.grid, n, k, labels).float()
 
     def generator_loss(self, state, mb, gen):
         n, k, t, u, s = self.times(mb, gen)

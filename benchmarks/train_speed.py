@@ -1,0 +1,153 @@
+"""Training throughput, cached teacher trajectories against the teacher solved inside the step (same student, batch,
+machine), and peak memory per worker in both modes.
+
+    python -m benchmarks.train_speed                                   # CPU: digits, the whole Ray Train path
+    python -m benchmarks.train_speed --level step --net tiny-edm       # CPU: one worker's step, network teacher
+    python -m benchmarks.train_speed --level step --device cuda --net cifar10 --batch 64 --fast
+        # GPU: DDPM++ CIFAR-10 student and teacher (random weights unless --pkl), bf16 autocast
+
+--level ray runs `run_training` twice on the digits default (a trajectory cache is generated first) and reads
+samples/s and each worker's peak resident memory from the runs' stats.jsonl, leaving out the first log window.
+--level step times `CTMStep` in this process on pre-drawn batches: cached batches carry x_u (solved beforehand by the
+same teacher), online batches make the step solve Heun^k; data loading is left out of both.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ctm.networks import build_edm_network, tiny_songunet_kwargs
+from ctm.schedule import karras_grid
+from ctm.teachers import EDMTeacher, load_edm
+from ctm.training import heun_segment
+from pipeline.config import load_config
+from pipeline.datasets import load_dataset
+from pipeline.teachers import build_teacher
+from pipeline.train.data import OnlineBatches
+from pipeline.train.state import build_state, student_kwargs
+from pipeline.train.step import CTMStep
+
+CIFAR10_DDPMPP = dict(img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet",
+                      embedding_type="positional", encoder_type="standard", decoder_type="standard",
+                      channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2],
+                      dropout=0.13)
+
+
+def teacher_and_images(args):
+    """(teacher, images in [-1, 1], labels, student architecture) for --net."""
+    if args.net == "digits-gmm":
+        cfg = load_config()
+        images, labels, _ = load_dataset(cfg.data)
+        return build_teacher(cfg), torch.from_numpy(images), torch.from_numpy(labels), "tiny"
+    net = load_edm(args.pkl) if args.pkl else build_edm_network(
+        **(CIFAR10_DDPMPP if args.net == "cifar10" else tiny_songunet_kwargs(8, 1)))
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    if args.net == "tiny-edm":
+        images = torch.from_numpy(load_dataset(load_config().data)[0])
+    else:  # no CIFAR-10 on the GPU machine: the speed does not depend on the pixels
+        images = torch.rand(4096, *shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return EDMTeacher(net.to(args.device), fast=args.fast), images, torch.zeros(len(images), dtype=torch.long), \
+        "teacher"
+
+
+def step_level(args):
+    torch.manual_seed(0)
+    teacher, images, labels, architecture = teacher_and_images(args)
+    cfg = load_config(overrides=[f"student.architecture={architecture}", f"train.distance={args.distance}",
+                                 f"train.batch_size={args.batch}", "train.teacher_mode=online"])
+    grid = karras_grid(cfg.grid.N)
+    source = OnlineBatches(images, labels, cfg, grid)
+    batches = [source(i) for i in range(args.warmup + args.steps)]
+    device = torch.device(args.device)
+    rates, memory = {}, {}
+    for mode in ("online", "cached"):
+        if mode == "cached":
+            with torch.no_grad():
+                for b in batches:
+                    x_u = heun_segment(teacher.denoise, b["x_t"].to(device), grid, b["n"].to(device),
+                                       b["k"].to(device))
+                    b["x_u"] = x_u.float().cpu()
+        state = build_state(cfg, student_kwargs(cfg, teacher), teacher, device)
+        step = CTMStep(cfg, grid, teacher, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        for i, b in enumerate(batches):
+            if i == args.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            step(state, b)
+            state.step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            memory[mode] = torch.cuda.max_memory_allocated() / 2 ** 20
+        rates[mode] = args.steps * args.batch / (time.perf_counter() - started)
+        del state, step
+    print(f"{args.net} on {args.device}, batch {args.batch}, distance {args.distance}, {args.steps} timed steps "
+          f"after {args.warmup}")
+    for mode in rates:
+        mem = f"  peak CUDA {memory[mode]:.0f} MiB" if mode in memory else ""
+        print(f"{mode:7s} {rates[mode]:9.1f} samples/s{mem}")
+    print(f"cached / online: {rates['cached'] / rates['online']:.2f}x")
+    return rates
+
+
+def ray_level(args):
+    import ray
+
+    from pipeline.cache import generate_cache
+    from pipeline.train import run_training
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    root = Path(args.out or tempfile.mkdtemp(prefix="train_speed_"))
+    base = ["student.architecture=tiny", f"train.distance={args.distance}", f"train.batch_size={args.batch}",
+            f"train.steps={args.steps}", f"train.log_every={args.log_every}", f"train.checkpoint_every={args.steps}",
+            f"train.num_workers={args.workers}", f"train.storage_path={root / 'runs'}",
+            f"cache.root={root / 'cache'}", f"cache.num_records={args.records}", "cache.records_per_shard=512"]
+    generate_cache(load_config(overrides=base), log=lambda *a: None)
+    results = {}
+    for mode in ("online", "cached"):
+        cfg = load_config(overrides=base + [f"train.teacher_mode={mode}", f"train.run_name={mode}"])
+        run_training(cfg, log=lambda *a: None)
+        lines = [json.loads(line) for line in (root / "runs" / mode / "stats.jsonl").read_text().splitlines()]
+        results[mode] = {"samples_per_s": statistics.median(r["samples_per_s"] for r in lines[1:]),
+                         "peak_rss_mb": lines[-1]["peak_rss_mb"]}
+    print(f"digits (mixture teacher, tiny student) on Ray Train, {args.workers} CPU worker(s), batch {args.batch}, "
+          f"{args.steps} steps, distance {args.distance}")
+    for mode, r in results.items():
+        print(f"{mode:7s} {r['samples_per_s']:9.1f} samples/s  peak RSS per worker {r['peak_rss_mb']:.0f} MiB")
+    print(f"cached / online: {results['cached']['samples_per_s'] / results['online']['samples_per_s']:.2f}x")
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--level", choices=["ray", "step"], default="ray")
+    p.add_argument("--net", choices=["digits-gmm", "tiny-edm", "cifar10"], default="digits-gmm",
+                   help="--level step: the teacher (the student is its architecture, tiny DDPM++ for the mixture)")
+    p.add_argument("--pkl", help="an EDM pickle to use as the teacher instead of random weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fast", action="store_true", help="teacher's bf16 + channels_last + compile path (CUDA)")
+    p.add_argument("--distance", default="l2", choices=["l2", "pseudo_huber"],
+                   help="LPIPS needs weight files that cannot be downloaded here")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=3, help="--level step: untimed steps first")
+    p.add_argument("--log-every", type=int, default=10, help="--level ray: the samples/s window")
+    p.add_argument("--workers", type=int, default=1, help="--level ray: Train workers")
+    p.add_argument("--records", type=int, default=2048, help="--level ray: cache records")
+    p.add_argument("--out", help="--level ray: folder for the cache and runs (default: a temporary one)")
+    args = p.parse_args(argv)
+    return step_level(args) if args.level == "step" else ray_level(args)
+
+
+if __name__ == "__main__":
+    main()
