@@ -28,7 +28,7 @@ def gamma_steps(nfe, gamma, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=7.0):
     if nfe < 1 or not 0 <= gamma <= 1:
         raise ValueError(f"need nfe >= 1 and 0 <= gamma <= 1, got nfe={nfe}, gamma={gamma}")
     t_steps = karras_grid(nfe + 1, sigma_min, sigma_max, rho).tolist()
-    s_steps = [math.sqrt(1 - gamma ** 2) * (t - sigma_min) + sigma_min for t in t_steps[1:]]
+    s_steps = [min(math.sqrt(1 - gamma ** 2) * (t - sigma_min) + sigma_min, t) for t in t_steps[1:]]  # no rounding above t
     s_steps[-1] = sigma_min
     return t_steps, s_steps
 

@@ -85,7 +85,7 @@ def test_inception_path_runs_through_cleanfid_wrapper(digits, tmp_path):
 
 
 def test_missing_inception_file_names_the_file_and_where(tmp_path):
-    cfg = load_config(overrides=[f"eval.features=inception", f"eval.inception_path={tmp_path}"])
+    cfg = load_config(overrides=["eval.features=inception", f"eval.inception_path={tmp_path}"])
     with pytest.raises(FileNotFoundError, match=INCEPTION_FILE) as e:
         build_features(cfg)
     assert str(tmp_path) in str(e.value) and "nvlabs-fi-cdn" in str(e.value)

@@ -1,7 +1,9 @@
 import json
 
 import numpy as np
+import torch
 
+from benchmarks.eval_speed import main as eval_speed
 from pipeline.config import load_config
 from pipeline.evaluation.gamma_sweep import best_per_nfe, write_sweep_report
 from pipeline.evaluation.report import fid_table, write_report
@@ -47,7 +49,10 @@ def test_reports_say_what_was_measured(tmp_path):
 
 
 def test_eval_speed_benchmark_runs(capsys):
-    from benchmarks.eval_speed import main
-    main(["--num", "20", "--batch", "10", "--nfe", "1", "2", "--repeats", "1"])
+    threads = torch.get_num_threads()
+    try:
+        eval_speed(["--num", "20", "--batch", "10", "--nfe", "1", "2", "--repeats", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "seconds per 1,000 samples" in out and "NFE 2, γ=0" in out and "(FID " in out

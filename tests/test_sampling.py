@@ -44,3 +44,9 @@ def test_gamma_one_renoises_and_two_step_variant(gmm2d):
     assert math.isclose(float(grid[36]), 0.0108, abs_tol=2e-4) and math.isclose(float(grid[20]), 2.24, abs_tol=0.01)
     with pytest.raises(ValueError):
         jump_sample(G, latents, [80.0, 1.0, 0.002], [2.0, 0.002])  # s above the next t
+
+
+def test_gamma_zero_lands_exactly_on_the_next_time():
+    for nfe in range(1, 40):
+        t, s = gamma_steps(nfe, 0.0)
+        assert all(s_n <= t_n for s_n, t_n in zip(s, t[1:])) and s[:-1] == t[1:-1]

@@ -6,7 +6,8 @@ Arrays (first axis: the shard's records):
   x0          (R, C, H, W) float32, chunks (1, C, H, W) in one sharded object (zeros in noise mode).
   start (n), label, index (record index), data_index, seed: int64; flip: bool. One chunk each.
 Every chunk carries a crc32c, so a corrupted chunk fails to decode; `checksums.json` lists each object's size and
-sha256, and the manifest holds the sha256 of `checksums.json`.
+sha256, and the manifest holds the sha256 of `checksums.json`. Zarr writes the metadata and the 1-D arrays; the two
+sharded objects are encoded here, to the same bytes layout, since zarr-python spends ~0.1 ms per inner chunk.
 """
 
 import contextlib
@@ -15,6 +16,7 @@ import json
 import uuid
 import warnings
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
@@ -24,15 +26,40 @@ from .errors import DamagedShardError
 CHECKSUMS = "checksums.json"
 FILL = {"states": np.nan, "x0": np.nan, "start": -1, "label": -1, "index": -1, "data_index": -1, "seed": -1,
         "flip": False}
+EMPTY = 2 ** 64 - 1  # the sharding index's (offset, nbytes) of a chunk that is not stored
 
 
 def _layout(name, shape):
-    """(chunks, shards) of one array: one chunk per state or image inside one object; 1-D arrays whole."""
+    """(chunks, shards, axes chunked by 1) of one array: one chunk per state or image in one object; 1-D arrays whole."""
     if name == "states":
-        return (1, 1, *shape[2:]), shape
+        return (1, 1, *shape[2:]), shape, 2
     if name == "x0":
-        return (1, *shape[1:]), shape
-    return shape, None
+        return (1, *shape[1:]), shape, 1
+    return shape, None, 0
+
+
+def _crc32c(data):
+    return np.uint32(google_crc32c.value(data)).tobytes()
+
+
+def encode_shard(data, chunk_axes):
+    """The bytes of one Zarr v3 shard holding all of `data`, whose first `chunk_axes` axes are chunked by 1.
+
+    Sharding codec (Zarr v3 spec) with inner codecs bytes(little) + crc32c and index codecs bytes(little) + crc32c,
+    index at the end: stored chunks back to back, then (offset, nbytes) uint64 per inner chunk in C order, with
+    (2^64 − 1, 2^64 − 1) for a chunk equal to the fill value NaN, which is not stored.
+    """
+    rows = np.ascontiguousarray(data, data.dtype.newbyteorder("<")).reshape(int(np.prod(data.shape[:chunk_axes])), -1)
+    stored = np.flatnonzero(~np.isnan(rows).all(axis=1))
+    raw = rows.view(np.uint8)
+    size = raw.shape[1] + 4
+    index = np.full((len(rows), 2), EMPTY, dtype="<u8")
+    index[stored, 0] = np.arange(len(stored), dtype=np.uint64) * size
+    index[stored, 1] = size
+    body = np.empty((len(stored), size), np.uint8)
+    body[:, :-4] = raw[stored]
+    body[:, -4:] = np.frombuffer(b"".join(_crc32c(row) for row in body[:, :-4]), np.uint8).reshape(-1, 4)
+    return body.tobytes() + index.tobytes() + _crc32c(index.tobytes())
 
 
 def write_shard(store, shard, start, stop, arrays, key):
@@ -52,10 +79,13 @@ def write_shard(store, shard, start, stop, arrays, key):
     for array_name, data in arrays.items():
         if len(data) != count:
             raise ValueError(f"array {array_name} has {len(data)} records, shard {shard} needs {count}")
-        chunks, shards = _layout(array_name, data.shape)
+        chunks, shards, chunk_axes = _layout(array_name, data.shape)
         a = group.create_array(array_name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
                                compressors=[Crc32cCodec()], fill_value=FILL[array_name])
-        a[...] = data
+        if shards is None:
+            a[...] = data
+        else:
+            store.write_bytes(f"{tmp}/{array_name}/c/{'/'.join('0' * data.ndim)}", encode_shard(data, chunk_axes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not (yet) in the v3 spec; zarr-python reads it
         zarr.consolidate_metadata(group.store)

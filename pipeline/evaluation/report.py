@@ -82,8 +82,9 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
     nfes = sorted({r["setting"]["nfe"] for r in gamma})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-        axis(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(nfes, [str(n) for n in nfes])
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"FID ({results[0]['features']['name'] if results else ''})")
@@ -95,12 +96,8 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
 
 
 def save_grids(results, out, prefix):
-    paths = []
     for r in results:
-        path = Path(out) / f"{prefix}{r['setting']['tag']}.png"
-        save_grid(np.asarray(r["preview"], dtype=np.float32), path)
-        paths.append(path)
-    return paths
+        save_grid(np.asarray(r["preview"], dtype=np.float32), Path(out) / f"{prefix}{r['setting']['tag']}.png")
 
 
 def write_report(evaluation, out, config=None):

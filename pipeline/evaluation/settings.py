@@ -44,8 +44,7 @@ class Setting:
     def times(self, grid_cfg):
         """(t_steps, s_steps) of the jumps, on the config's σ range (and N-point grid for the 2-step variant)."""
         if self.i1 is None:
-            t, s = gamma_steps(self.nfe, self.gamma, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho)
-            return t, [min(s_n, t_next) for s_n, t_next in zip(s, t[1:])]  # s_n <= t_{n+1} despite rounding at γ = 0
+            return gamma_steps(self.nfe, self.gamma, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho)
         grid = karras_grid(grid_cfg.N, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho).tolist()
         if not 0 < self.i2 <= self.i1 < len(grid) - 1:
             raise ValueError(f"2-step indices need 0 < i2 <= i1 < N-1 = {len(grid) - 1}; got i1={self.i1}, i2={self.i2}")
