@@ -3,7 +3,8 @@
     python -m benchmarks.cache_reading [--records 16384] [--shard 2048] [--batch 256]
 
 Samples/s: the Datasource through `iter_torch_batches` (pairs: x0, x_t = states[n], x_u = states[n+k]) against
-reading the same arrays straight with zarr in this process. Bytes per sample: everything the read of the pairs
+reading the same arrays straight with zarr-python in this process (and the Datasource's own read function without
+Ray). Bytes per sample: everything the read of the pairs
 fetches from the store, against the two float16 states a sample needs, for the digits cache (1×8×8 states) and a
 synthetic shard of CIFAR-10 shape (3×32×32, N = 18).
 """
@@ -25,22 +26,45 @@ from ctm.digits import fit_digits_teacher
 from ctm.schedule import sample_n
 from pipeline.cache import cache_dataset, generate_cache
 from pipeline.cache.draws import draw_k
-from pipeline.cache.shards import open_group, write_shard
+from pipeline.cache.shards import ShardReader, write_shard
 from pipeline.cache.source import iter_pairs
 from pipeline.cache.store import CacheStore
 from pipeline.config import load_config
 
 
-class CountingStore(WrapperStore):
-    """Bytes zarr reads, per array."""
+class CountingStore(CacheStore):
+    """A cache store that counts the bytes read from it, per array (checksums.json and metadata as their own)."""
 
-    def __init__(self, store):
-        super().__init__(store)
+    def __init__(self, url, storage_options=None):
+        super().__init__(url, storage_options)
         self.nbytes = collections.Counter()
+
+    def count(self, rel, nbytes):
+        parts = rel.split("/")
+        self.nbytes[parts[2] if len(parts) > 3 else parts[-1]] += nbytes
+
+    def read_bytes(self, rel):
+        data = super().read_bytes(rel)
+        self.count(rel, len(data))
+        return data
+
+    def read_ranges(self, rel, starts, ends):
+        out = super().read_ranges(rel, starts, ends)
+        self.count(rel, sum(map(len, out)))
+        return out
+
+    def zarr_store(self, rel, read_only=True):
+        return _CountingZarrStore(super().zarr_store(rel, read_only), self, rel)
+
+
+class _CountingZarrStore(WrapperStore):
+    def __init__(self, store, counter, rel):
+        super().__init__(store)
+        self.counter, self.rel = counter, rel
 
     async def get(self, key, prototype, byte_range=None):
         buf = await self._store.get(key, prototype, byte_range)
-        self.nbytes[key.split("/")[0]] += 0 if buf is None else len(buf)
+        self.counter.count(f"{self.rel}/{key}", 0 if buf is None else len(buf))
         return buf
 
 
@@ -49,6 +73,17 @@ def datasource_rate(cache, batch):
         start, count = time.perf_counter(), 0
         for b in cache_dataset(cache, pairs=True, epoch=epoch).iter_torch_batches(batch_size=batch):
             count += len(b["x_t"])
+    return count / (time.perf_counter() - start)
+
+
+def reader_rate(cache, batch):
+    """The Datasource's read function in this process, without Ray."""
+    start, count = time.perf_counter(), 0
+    for entry in cache.shards:
+        reader = ShardReader(cache.store, entry)
+        for b in iter_pairs(reader, 0, entry["count"], mode=cache.mode, N=cache.N, K=cache.K, epoch=1, seed=0,
+                            block_rows=batch):
+            count += len({name: torch.from_numpy(a) for name, a in b.items()}["x_t"])
     return count / (time.perf_counter() - start)
 
 
@@ -73,16 +108,14 @@ def raw_zarr_rate(cache, batch):
 
 
 def bytes_per_sample(store, entries, N, K, mode="data"):
-    """(states bytes, all bytes) read per training sample by the Datasource's read function, and a state's bytes."""
-    total, samples = collections.Counter(), 0
+    """(states bytes, all bytes) the Datasource's read function fetches per training sample, and a state's bytes."""
+    counting, samples = CountingStore(store.url, store.storage_options), 0
     for entry in entries:
-        counting = CountingStore(store.zarr_store(entry["path"]))
-        group = open_group(store, entry, counting)
-        for b in iter_pairs(group, entry, 0, entry["count"], mode=mode, N=N, K=K, epoch=0, seed=0):
+        reader = ShardReader(counting, entry)
+        for b in iter_pairs(reader, 0, entry["count"], mode=mode, N=N, K=K, epoch=0, seed=0):
             samples += len(b["n"])
-        total += counting.nbytes
-    state = 2 * math.prod(group["states"].shape[2:])
-    return total["states"] / samples, sum(total.values()) / samples, state
+    state = 2 * math.prod(reader.group["states"].shape[2:])
+    return counting.nbytes["states"] / samples, sum(counting.nbytes.values()) / samples, state
 
 
 def cifar_shaped_shard(root, records, N=18):
@@ -113,12 +146,14 @@ def main(argv=None):
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         cache = generate_cache(cfg, log=lambda *_: None)
         source, raw = datasource_rate(cache, args.batch), raw_zarr_rate(cache, args.batch)
+        plain = reader_rate(cache, args.batch)
         ray.shutdown()
         digits = bytes_per_sample(cache.store, cache.shards, cache.N, cache.K)
-        cifar = bytes_per_sample(*cifar_shaped_shard(f"{tmp}/cifar", 1024), 18, 17)
+        cifar = bytes_per_sample(*cifar_shaped_shard(f"{tmp}/cifar", 2048), 18, 17)
     print(f"digits cache: {args.records} records, shards of {args.shard}, float16 states of 1x8x8, N=18")
     print(f"Datasource -> iter_torch_batches   {source:9.0f} samples/s   ({source / raw:.2f}x raw zarr)")
     print(f"raw zarr, one process              {raw:9.0f} samples/s")
+    print(f"our shard reader, one process      {plain:9.0f} samples/s   (the Datasource's read function, no Ray)")
     for name, (states, total, state) in (("digits 1x8x8", digits), ("CIFAR 3x32x32", cifar)):
         print(f"bytes per sample, {name:13s}: states {states:8.0f} B = {states / (2 * state):.2f}x the two states "
               f"({2 * state} B); everything {total:8.0f} B = {total / (2 * state):.2f}x (x0, labels, metadata)")

@@ -142,6 +142,12 @@ class SweepConfig:
     grace_period: int = 1
     reduction_factor: int = 2
     report_every: int = 200
+    storage_options: dict = field(default_factory=dict)  # fsspec options when storage_path is a URL
+    nfe: int = 1                      # the sampling setting whose FID ASHA reads: γ-sampling at (nfe, gamma)
+    gamma: float = 0.0
+    seed: int = 0                     # random draws of the search space
+    cpus_per_trial: float = 1.0       # each trial's driver (its Train workers reserve train.cpus_per_worker)
+    max_failures: int = 1             # retries of a failed trial from its last report (-1: forever)
 
 
 @dataclass
@@ -314,3 +320,11 @@ def validate(cfg):
     need(e.num_samples >= 2 and e.batch_size >= 1, "eval.num_samples", "need at least 2 samples and a positive batch")
     need(e.num_actors >= 1, "eval.num_actors", "must be at least 1")
     need(e.likelihood_samples >= 1, "eval.likelihood_samples", "must be positive")
+    s = cfg.sweep
+    need(s.num_samples >= 1 and s.max_concurrent_trials >= 1, "sweep.num_samples",
+         "num_samples and max_concurrent_trials must be positive")
+    need(s.report_every >= 1 and s.grace_period >= 1, "sweep.report_every", "report_every and grace_period must be positive")
+    need(s.reduction_factor >= 2, "sweep.reduction_factor", f"ASHA needs a reduction factor >= 2, got {s.reduction_factor}")
+    need(s.nfe >= 1 and 0 <= s.gamma <= 1, "sweep.nfe", f"need nfe >= 1 and 0 <= gamma <= 1, got {s.nfe} and {s.gamma}")
+    need(s.cpus_per_trial >= 0 and s.max_failures >= -1, "sweep.cpus_per_trial",
+         "cpus_per_trial must be >= 0 and max_failures >= -1")

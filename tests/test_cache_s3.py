@@ -64,9 +64,10 @@ def s3(tmp_path_factory):
 def cfg(s3, tmp_path_factory):
     teacher = tmp_path_factory.mktemp("teacher") / "digits_gmm3.npz"
     fit_digits_teacher(n_components=3).save(teacher)
-    return load_config(overrides=["cache.root=s3://ctm/caches", ("cache.storage_options", s3), f"teacher.path={teacher}",
-                                  "cache.mode=noise", f"grid.N={N}", f"cache.num_records={RECORDS}",
-                                  f"cache.records_per_shard={R}", "cache.batch_size=32", "cache.cpus_per_actor=0.5"])
+    return load_config(overrides=["cache.root=s3://ctm/caches", ("cache.storage_options", s3),
+                                  f"teacher.path={teacher}", "cache.mode=noise", f"grid.N={N}",
+                                  f"cache.num_records={RECORDS}", f"cache.records_per_shard={R}", "cache.batch_size=32",
+                                  "cache.cpus_per_actor=0.5"])
 
 
 @pytest.fixture(scope="module")

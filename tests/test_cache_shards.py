@@ -5,27 +5,30 @@ import json
 import numpy as np
 import pytest
 import zarr
-from zarr.storage import WrapperStore
 
-from ctm.schedule import karras_grid
 from conftest import make_gmm
+from ctm.schedule import karras_grid
 from pipeline.cache.cache import leftovers, remove_leftovers
 from pipeline.cache.errors import DamagedShardError
 from pipeline.cache.records import RecordSpec, make_records
-from pipeline.cache.shards import (CHECKSUMS, open_checked, open_group, read_columns, read_states, read_trajectories,
-                                   shard_problems, write_shard)
+from pipeline.cache.shardcodec import EMPTY, encode_shard
+from pipeline.cache.shards import CHECKSUMS, ShardReader, shard_problems, write_shard
+from pipeline.cache.source import iter_pairs
 from pipeline.cache.store import CacheStore
 
-N, SHAPE = 8, (1, 4, 4)
+N, SHAPE, STATES = 8, (1, 4, 4), "states/c/0/0/0/0/0"
+CHUNK, INDEX = 2 * 16 + 4, 12 * N * 16 + 4  # a float16 state + crc32c; the states index + crc32c
+
+
+def spec(mode):
+    return RecordSpec(seed=0, grid=tuple(karras_grid(N).tolist()), K=N - 1, mode=mode, image_shape=SHAPE,
+                      hflip=True, conditional=False, label_dim=0, dtype="float16", compute_dtype="float64")
 
 
 @pytest.fixture(scope="module")
 def records():
-    teacher = make_gmm(16, seed=4)
     images = np.random.default_rng(0).uniform(-1, 1, (30, *SHAPE)).astype(np.float32)
-    spec = RecordSpec(seed=0, grid=tuple(karras_grid(N).tolist()), K=N - 1, mode="data", image_shape=SHAPE,
-                      hflip=True, conditional=False, label_dim=0, dtype="float16", compute_dtype="float64")
-    return make_records(spec, teacher, images, np.arange(30) % 10, range(10, 22), batch_size=5)
+    return make_records(spec("data"), make_gmm(16, seed=4), images, np.arange(30) % 10, range(10, 22), batch_size=5)
 
 
 @pytest.fixture
@@ -34,25 +37,23 @@ def shard(tmp_path, records):
     return store, write_shard(store, 1, 10, 22, records, key="k")
 
 
-class CountingStore(WrapperStore):
-    """Counts the bytes zarr reads."""
+class CountingStore(CacheStore):
+    """Counts the bytes of ranged reads."""
+    nbytes = 0
 
-    def __init__(self, store):
-        super().__init__(store)
-        self.nbytes = 0
-
-    async def get(self, key, prototype, byte_range=None):
-        buf = await self._store.get(key, prototype, byte_range)
-        self.nbytes += 0 if buf is None else len(buf)
-        return buf
+    def read_ranges(self, rel, starts, ends):
+        out = super().read_ranges(rel, starts, ends)
+        CountingStore.nbytes += sum(map(len, out))
+        return out
 
 
 def test_shard_is_committed_whole_with_checksums(shard, records):
     store, entry = shard
-    assert entry["path"].startswith("shards/000001-") and (entry["start"], entry["stop"], entry["count"]) == (10, 22, 12)
+    assert entry["path"].startswith("shards/000001-")
+    assert (entry["start"], entry["stop"], entry["count"]) == (10, 22, 12)
     assert store.listdir("shards") == [entry["path"].split("/")[1]]  # the temporary name is gone
     sums = json.loads(store.read_bytes(f"{entry['path']}/{CHECKSUMS}"))
-    assert {"zarr.json", "states/zarr.json", "states/c/0/0/0/0/0", "x0/c/0/0/0/0", "index/c/0"} <= set(sums)
+    assert {"zarr.json", "states/zarr.json", STATES, "x0/c/0/0/0/0", "index/c/0"} <= set(sums)
     assert shard_problems(store, entry, full=True) == []
     group = zarr.open_group(store.full(entry["path"]), mode="r")  # any Zarr v3 reader
     assert group.attrs["start"] == 10 and group["states"].dtype == np.float16
@@ -61,51 +62,90 @@ def test_shard_is_committed_whole_with_checksums(shard, records):
         np.testing.assert_array_equal(group[name][:], a)
 
 
+def test_our_shard_bytes_are_zarr_python_s(tmp_path, records):
+    for name, axes in (("states", 2), ("x0", 1)):
+        data = records[name]
+        a = zarr.open_group(tmp_path / "z", mode="a").create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=(1,) * axes + data.shape[axes:], shards=data.shape,
+            compressors=[zarr.codecs.Crc32cCodec()], fill_value=np.nan)
+        a[...] = data
+        ours = encode_shard(data, axes)
+        theirs = (tmp_path / "z" / name / "c" / "/".join("0" * data.ndim)).read_bytes()
+        assert len(ours) == len(theirs)  # the same chunks stored; zarr orders them in Morton order, we in C order
+        num = int(np.prod(data.shape[:axes]))
+        ours_index, theirs_index = (np.frombuffer(b[-(16 * num + 4):-4], "<u8").reshape(num, 2) for b in (ours, theirs))
+        for (o, n), (o2, n2) in zip(ours_index, theirs_index):
+            assert n == n2 and (n == EMPTY or ours[o:o + n] == theirs[o2:o2 + n2])
+
+
 def test_states_before_n_are_not_stored(shard, records):
     store, entry = shard
     stored = int((N - records["start"]).sum())
-    chunk, index = 2 * np.prod(SHAPE) + 4, 12 * N * 16 + 4  # float16 chunk + crc32c; the shard index + crc32c
-    assert store.objects(entry["path"])["states/c/0/0/0/0/0"] == stored * chunk + index
+    assert store.objects(entry["path"])[STATES] == stored * CHUNK + INDEX
 
 
-def test_two_states_read_two_chunks_and_the_index(shard, records):
+def test_two_states_read_two_chunks_and_the_index_once(shard, records):
     store, entry = shard
-    counting = CountingStore(store.zarr_store(entry["path"]))
-    group = open_group(store, entry, counting)
-    start = read_columns(group, entry, 0, 12)["start"]
-    counting.nbytes = 0
+    reader = ShardReader(CountingStore(store.url), entry)
+    start = reader.columns(0, 12)["start"]
+    CountingStore.nbytes = 0
     rows = np.array([0, 5, 0, 5])
     cols = np.array([start[0], start[5], N - 1, N - 1])
-    out = read_states(group, entry, rows, cols)
-    np.testing.assert_array_equal(out, records["states"][rows, cols].astype(np.float32))
-    assert counting.nbytes == 4 * (2 * np.prod(SHAPE) + 4) + 12 * N * 16 + 4
+    np.testing.assert_array_equal(reader.states(rows, cols), records["states"][rows, cols].astype(np.float32))
+    assert CountingStore.nbytes == 4 * CHUNK + INDEX
+    reader.states(rows, cols)
+    assert CountingStore.nbytes == 8 * CHUNK + INDEX
 
 
 def test_whole_trajectories_keep_nan_before_n(shard, records):
-    store, entry = shard
-    group = open_checked(store, entry)
-    out = read_trajectories(group, entry, 2, 7, records["start"][2:7])
+    reader = ShardReader(*shard)
+    out = reader.trajectories(2, 7, records["start"][2:7])
     np.testing.assert_array_equal(out, records["states"][2:7].astype(np.float32))
+    np.testing.assert_array_equal(reader.columns(3, 9)["x0"], records["x0"][3:9])
+
+
+def test_pairs_of_a_noise_shard_draw_n_at_read_time(tmp_path):
+    rec = make_records(spec("noise"), make_gmm(16, seed=4), None, None, range(40), batch_size=40)
+    assert (rec["start"] == 0).all() and (rec["label"] == -1).all() and not rec["x0"].any()
+    store = CacheStore(tmp_path)
+    reader = ShardReader(store, write_shard(store, 0, 0, 40, rec, key="k"))
+    batch, = iter_pairs(reader, 0, 40, mode="noise", N=N, K=N - 1, epoch=0, seed=0)
+    assert len(set(batch["n"].tolist())) > 2 and (batch["n"] + batch["k"] <= N - 1).all()
+    states = rec["states"].astype(np.float32)
+    np.testing.assert_array_equal(batch["x_t"], states[np.arange(40), batch["n"]])
+    np.testing.assert_array_equal(batch["x_u"], states[np.arange(40), batch["n"] + batch["k"]])
 
 
 def test_a_flipped_byte_fails_verification_and_every_read_of_it(shard):
     store, entry = shard
-    path = store.full(f"{entry['path']}/states/c/0/0/0/0/0")
+    path = store.full(f"{entry['path']}/{STATES}")
     data = bytearray(open(path, "rb").read())
     data[3] ^= 0x40  # inside the first stored chunk
     open(path, "wb").write(bytes(data))
     assert shard_problems(store, entry) == []  # same size: only checksums see it
-    assert shard_problems(store, entry, full=True) == ["object states/c/0/0/0/0/0 fails its sha256 checksum"]
-    index = np.frombuffer(bytes(data[-(12 * N * 16 + 4):-4]), "<u8").reshape(12, N, 2)  # (offset, nbytes) per chunk
-    row, col = np.argwhere(index[..., 0] == 0)[0]  # the chunk written first in the object: the flipped one
-    group = open_checked(store, entry)
-    start = read_columns(group, entry, 0, 12)["start"]
-    with pytest.raises(DamagedShardError, match="shard 1 .*records 10..21.*checksum"):
-        read_trajectories(group, entry, 0, 12, start)
+    assert shard_problems(store, entry, full=True) == [f"object {STATES} fails its sha256 checksum"]
+    index = np.frombuffer(bytes(data[-INDEX:-4]), "<u8").reshape(12, N, 2)  # (offset, nbytes) per inner chunk
+    row, col = np.argwhere(index[..., 0] == 0)[0]  # the chunk stored first: the flipped one
+    reader = ShardReader(store, entry)
+    start = reader.columns(0, 12)["start"]
+    with pytest.raises(DamagedShardError, match="shard 1 .*records 10..21.*crc32c"):
+        reader.trajectories(0, 12, start)
     with pytest.raises(DamagedShardError, match="shard 1"):
-        read_states(group, entry, np.array([row]), np.array([col]))
+        reader.states(np.array([row]), np.array([col]))
     other = (row + 1) % 12
-    read_states(group, entry, np.array([other]), start[other:other + 1])  # sound chunks still read
+    reader.states(np.array([other]), start[other:other + 1])  # sound chunks still read
+    with pytest.raises(ValueError, match="checksum do not match"):
+        zarr.open_group(store.full(entry["path"]), mode="r")["states"][row, col]  # zarr-python refuses it too
+
+
+def test_a_damaged_index_or_a_missing_chunk_is_refused(shard, records):
+    store, entry = shard
+    path = store.full(f"{entry['path']}/{STATES}")
+    data = bytearray(open(path, "rb").read())
+    data[-10] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(DamagedShardError, match="index fails its crc32c"):
+        ShardReader(store, entry).states(np.array([0]), records["start"][:1])
 
 
 @pytest.mark.parametrize("damage", ["remove", "truncate"])
@@ -120,7 +160,7 @@ def test_a_missing_or_cut_object_is_refused_before_reading(shard, damage):
         problem = "object x0/c/0/0/0/0 has 100 bytes"
     assert any(p.startswith(problem) for p in shard_problems(store, entry))
     with pytest.raises(DamagedShardError, match=problem):
-        open_checked(store, entry)
+        ShardReader(store, entry)
 
 
 def test_a_tampered_checksum_list_is_refused(shard):

@@ -7,6 +7,7 @@ from pipeline.teachers import build_teacher, teacher_identity
 
 from .errors import CacheError, CacheNotFoundError
 from .manifest import FORMAT, FORMAT_VERSION, cache_key, check_fields, differing_fields, key_fields
+from .shards import ShardReader
 from .sink import MANIFEST
 from .store import CacheStore
 
@@ -56,7 +57,7 @@ class TrajectoryCache:
 
     @property
     def shards(self):
-        """The complete shards, in record order: dicts with shard, path, start, stop, count, nbytes, checksums_sha256."""
+        """The complete shards in record order: dicts of shard, path, start, stop, count, nbytes, checksums_sha256."""
         return self.manifest["shards"]
 
     @property
@@ -74,11 +75,9 @@ class TrajectoryCache:
 
     def read_shard(self, entry):
         """Every array of one shard (states as float32), after the cheap check; DamagedShardError when damaged."""
-        from .shards import open_checked, read_columns, read_trajectories
-        group = open_checked(self.store, entry)
-        count = entry["stop"] - entry["start"]
-        columns = read_columns(group, entry, 0, count)
-        return {**columns, "states": read_trajectories(group, entry, 0, count, columns["start"])}
+        reader = ShardReader(self.store, entry)
+        columns = reader.columns(0, reader.count)
+        return {**columns, "states": reader.trajectories(0, reader.count, columns["start"])}
 
 
 def config_key_fields(cfg, teacher=None):

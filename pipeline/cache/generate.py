@@ -18,7 +18,7 @@ from pipeline.resources import pool_request
 from pipeline.teachers import build_teacher, teacher_identity
 
 from .cache import TrajectoryCache, locate, remove_leftovers
-from .manifest import check_fields, key_fields, missing_shards, new_manifest
+from .manifest import key_fields, missing_shards, new_manifest
 from .records import RecordSpec, make_records
 from .shards import shard_problems
 from .sink import MANIFEST, ManifestCommitter, ShardSink
@@ -81,7 +81,8 @@ def _check_data(cfg, teacher_id, images, labels):
     if list(images.shape[1:]) != list(teacher_id["image_shape"]):
         raise ValueError(f"data.name: {cfg.data.name} images are {tuple(images.shape[1:])}, the teacher's "
                          f"{tuple(teacher_id['image_shape'])}")
-    if teacher_id["label_dim"] > 0 and cfg.data.use_labels and (labels.min() < 0 or labels.max() >= teacher_id["label_dim"]):
+    conditional = teacher_id["label_dim"] > 0 and cfg.data.use_labels
+    if conditional and (labels.min() < 0 or labels.max() >= teacher_id["label_dim"]):
         raise ValueError(f"data.use_labels: labels {labels.min()}..{labels.max()} do not fit the teacher's "
                          f"{teacher_id['label_dim']} classes")
 
@@ -102,7 +103,6 @@ def prepare(cfg, teacher, log=print):
     elif manifest["records_per_shard"] != cfg.cache.records_per_shard:
         log(f"[cache] keeping this cache's records_per_shard={manifest['records_per_shard']} "
             f"(config asks {cfg.cache.records_per_shard}; shard boundaries are fixed when a cache is created)")
-    check_fields(manifest, fields, store.url)
     remove_leftovers(store, manifest)
     return store, manifest, fields
 
@@ -149,7 +149,8 @@ def generate_cache(cfg, teacher_factory=None, repair=False, log=print):
                             fn_constructor_kwargs={"cfg": cfg, "teacher_factory": factory, "fields": fields,
                                                    "device": device},
                             compute=ray.data.ActorPoolStrategy(size=min(cfg.cache.num_actors, len(rows))), **resources)
-        ds.write_datasink(ShardSink(store, manifest["key"], committer))
+        # writers reserve no CPU: the teacher actors may hold every CPU (writing is light and overlaps the solves)
+        ds.write_datasink(ShardSink(store, manifest["key"], committer), ray_remote_args={"num_cpus": 0})
         ray.kill(committer)
     manifest = store.read_json(MANIFEST)
     remove_leftovers(store, manifest)

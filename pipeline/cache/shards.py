@@ -7,7 +7,7 @@ Arrays (first axis: the shard's records):
   start (n), label, index (record index), data_index, seed: int64; flip: bool. One chunk each.
 Every chunk carries a crc32c, so a corrupted chunk fails to decode; `checksums.json` lists each object's size and
 sha256, and the manifest holds the sha256 of `checksums.json`. Zarr writes the metadata and the 1-D arrays; the two
-sharded objects are encoded here, to the same bytes layout, since zarr-python spends ~0.1 ms per inner chunk.
+sharded objects are encoded and read by `shardcodec`, to the same bytes.
 """
 
 import contextlib
@@ -16,50 +16,22 @@ import json
 import uuid
 import warnings
 
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
 from .errors import DamagedShardError
+from .shardcodec import EMPTY, decode_chunks, decode_index, encode_shard, index_nbytes
 
 CHECKSUMS = "checksums.json"
 FILL = {"states": np.nan, "x0": np.nan, "start": -1, "label": -1, "index": -1, "data_index": -1, "seed": -1,
         "flip": False}
-EMPTY = 2 ** 64 - 1  # the sharding index's (offset, nbytes) of a chunk that is not stored
+CHUNK_AXES = {"states": 2, "x0": 1}  # axes chunked by 1 in the sharded arrays; the rest of each is one chunk
 
 
-def _layout(name, shape):
-    """(chunks, shards, axes chunked by 1) of one array: one chunk per state or image in one object; 1-D arrays whole."""
-    if name == "states":
-        return (1, 1, *shape[2:]), shape, 2
-    if name == "x0":
-        return (1, *shape[1:]), shape, 1
-    return shape, None, 0
-
-
-def _crc32c(data):
-    return np.uint32(google_crc32c.value(data)).tobytes()
-
-
-def encode_shard(data, chunk_axes):
-    """The bytes of one Zarr v3 shard holding all of `data`, whose first `chunk_axes` axes are chunked by 1.
-
-    Sharding codec (Zarr v3 spec) with inner codecs bytes(little) + crc32c and index codecs bytes(little) + crc32c,
-    index at the end: stored chunks back to back, then (offset, nbytes) uint64 per inner chunk in C order, with
-    (2^64 − 1, 2^64 − 1) for a chunk equal to the fill value NaN, which is not stored.
-    """
-    rows = np.ascontiguousarray(data, data.dtype.newbyteorder("<")).reshape(int(np.prod(data.shape[:chunk_axes])), -1)
-    stored = np.flatnonzero(~np.isnan(rows).all(axis=1))
-    raw = rows.view(np.uint8)
-    size = raw.shape[1] + 4
-    index = np.full((len(rows), 2), EMPTY, dtype="<u8")
-    index[stored, 0] = np.arange(len(stored), dtype=np.uint64) * size
-    index[stored, 1] = size
-    body = np.empty((len(stored), size), np.uint8)
-    body[:, :-4] = raw[stored]
-    body[:, -4:] = np.frombuffer(b"".join(_crc32c(row) for row in body[:, :-4]), np.uint8).reshape(-1, 4)
-    return body.tobytes() + index.tobytes() + _crc32c(index.tobytes())
+def _object(name, ndim):
+    """The key of an array's only object (its one shard or chunk)."""
+    return f"{name}/c/{'/'.join('0' * ndim)}"
 
 
 def write_shard(store, shard, start, stop, arrays, key):
@@ -79,13 +51,15 @@ def write_shard(store, shard, start, stop, arrays, key):
     for array_name, data in arrays.items():
         if len(data) != count:
             raise ValueError(f"array {array_name} has {len(data)} records, shard {shard} needs {count}")
-        chunks, shards, chunk_axes = _layout(array_name, data.shape)
-        a = group.create_array(array_name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-                               compressors=[Crc32cCodec()], fill_value=FILL[array_name])
-        if shards is None:
+        axes = CHUNK_AXES.get(array_name)
+        chunks = data.shape if axes is None else (1,) * axes + data.shape[axes:]
+        a = group.create_array(array_name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+                               shards=None if axes is None else data.shape, compressors=[Crc32cCodec()],
+                               fill_value=FILL[array_name])
+        if axes is None:
             a[...] = data
         else:
-            store.write_bytes(f"{tmp}/{array_name}/c/{'/'.join('0' * data.ndim)}", encode_shard(data, chunk_axes))
+            store.write_bytes(f"{tmp}/{_object(array_name, data.ndim)}", encode_shard(data, axes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not (yet) in the v3 spec; zarr-python reads it
         zarr.consolidate_metadata(group.store)
@@ -99,17 +73,17 @@ def write_shard(store, shard, start, stop, arrays, key):
             "checksums_sha256": hashlib.sha256(listing).hexdigest()}
 
 
-def shard_problems(store, entry, full=False):
-    """What is wrong with a committed shard: [] when sound. Cheap: object list and sizes; full: every sha256 too."""
+def _listing_problems(store, entry):
+    """(problems, checksums) from the object list and sizes: cheap, one listing and one small read."""
     objects = store.objects(entry["path"])
     if not objects:
-        return [f"missing: no objects at {entry['path']}"]
+        return [f"missing: no objects at {entry['path']}"], None
     try:
         listing = store.read_bytes(f"{entry['path']}/{CHECKSUMS}")
     except FileNotFoundError:
-        return [f"{CHECKSUMS} is missing"]
+        return [f"{CHECKSUMS} is missing"], None
     if hashlib.sha256(listing).hexdigest() != entry["checksums_sha256"]:
-        return [f"{CHECKSUMS} does not match the manifest"]
+        return [f"{CHECKSUMS} does not match the manifest"], None
     sums = json.loads(listing)
     problems = [f"unexpected object {p}" for p in sorted(set(objects) - set(sums) - {CHECKSUMS})]
     for p, want in sums.items():
@@ -117,33 +91,23 @@ def shard_problems(store, entry, full=False):
             problems.append(f"missing object {p}")
         elif objects[p] != want["size"]:
             problems.append(f"object {p} has {objects[p]} bytes, expected {want['size']}")
-        elif full and store.sha256(f"{entry['path']}/{p}") != want["sha256"]:
-            problems.append(f"object {p} fails its sha256 checksum")
+    return problems, sums
+
+
+def shard_problems(store, entry, full=False):
+    """What is wrong with a committed shard: [] when sound. Cheap: object list and sizes; full: every sha256 too."""
+    problems, sums = _listing_problems(store, entry)
     if full and not problems:
-        problems += _content_problems(open_group(store, entry), entry)
+        problems = [f"object {p} fails its sha256 checksum" for p, want in sums.items()
+                    if store.sha256(f"{entry['path']}/{p}") != want["sha256"]]
+    if full and not problems:
+        group = zarr.open_group(store.zarr_store(entry["path"]), mode="r", use_consolidated=True)
+        count = entry["stop"] - entry["start"]
+        problems = [f"array {name} holds {group[name].shape[0]} records, expected {count}"
+                    for name in FILL if group[name].shape[0] != count]
+        if not problems and not np.array_equal(group["index"][:], np.arange(entry["start"], entry["stop"])):
+            problems.append(f"index does not run over records {entry['start']}..{entry['stop'] - 1}")
     return problems
-
-
-def _content_problems(group, entry):
-    count = entry["stop"] - entry["start"]
-    problems = [f"array {name} holds {group[name].shape[0]} records, expected {count}"
-                for name in FILL if group[name].shape[0] != count]
-    if not problems and not np.array_equal(group["index"][:], np.arange(entry["start"], entry["stop"])):
-        problems.append(f"index does not run over records {entry['start']}..{entry['stop'] - 1}")
-    return problems
-
-
-def open_group(store, entry, zarr_store=None):
-    return zarr.open_group(zarr_store or store.zarr_store(entry["path"]), mode="r", use_consolidated=True)
-
-
-def open_checked(store, entry, zarr_store=None):
-    """The shard's group after the cheap check; DamagedShardError when an object is missing or resized."""
-    problems = shard_problems(store, entry)
-    if problems:
-        raise damaged(entry, "; ".join(problems))
-    with refusing(entry):
-        return open_group(store, entry, zarr_store)
 
 
 def damaged(entry, why):
@@ -161,30 +125,60 @@ def refusing(entry):
         raise damaged(entry, f"{type(e).__name__}: {e}") from e
 
 
-def read_columns(group, entry, lo, hi):
-    """Every per-record array but `states` for shard rows [lo, hi)."""
-    with refusing(entry):
-        return {name: group[name][lo:hi] for name in FILL if name != "states"}
+class ShardReader:
+    """Reads a committed shard after the cheap check (object list and sizes against its checksums).
 
+    Anything damaged that a read meets (a chunk failing its crc32c, a stored state missing from the index) raises
+    DamagedShardError naming the shard. Each sharded array's index is read once per reader.
+    """
 
-def read_states(group, entry, rows, cols):
-    """states[rows[i], cols[i]] as float32 (len(rows), C, H, W): only those chunks and the shard index are read."""
-    shape = group["states"].shape[2:]
-    grids = np.meshgrid(*[np.arange(d) for d in shape], indexing="ij")
-    coords = [np.asarray(rows)[(...,) + (None,) * len(shape)], np.asarray(cols)[(...,) + (None,) * len(shape)]]
-    coords += [g[None] for g in grids]
-    with refusing(entry):
-        out = group["states"].vindex[tuple(np.broadcast_arrays(*coords))].astype(np.float32)
-    if np.isnan(out).any():
-        raise damaged(entry, "a stored state reads as the fill value (a chunk is missing)")
-    return out
+    def __init__(self, store, entry):
+        self.store, self.entry = store, entry
+        problems, self.sums = _listing_problems(store, entry)
+        if problems:
+            raise damaged(entry, "; ".join(problems))
+        with refusing(entry):
+            self.group = zarr.open_group(store.zarr_store(entry["path"]), mode="r", use_consolidated=True)
+        self.count = entry["stop"] - entry["start"]
+        self._index = {}
 
+    def columns(self, lo, hi):
+        """Every per-record array but `states` for shard rows [lo, hi)."""
+        with refusing(self.entry):
+            cols = {name: self.group[name][lo:hi] for name in FILL if name not in CHUNK_AXES}
+        return {**cols, "x0": self._chunks("x0", np.arange(lo, hi)).astype(np.float32)}
 
-def read_trajectories(group, entry, lo, hi, start):
-    """states[lo:hi] as float32 (NaN before each record's n); a NaN from n on means a missing chunk."""
-    with refusing(entry):
-        out = group["states"][lo:hi].astype(np.float32)
-    stored = np.arange(out.shape[1])[None] >= np.asarray(start)[:, None]
-    if np.isnan(out[stored]).any():
-        raise damaged(entry, "a stored state reads as the fill value (a chunk is missing)")
-    return out
+    def states(self, rows, cols):
+        """states[rows[i], cols[i]] as float32 (len(rows), C, H, W): only those chunks and the index are read."""
+        N = self.group["states"].shape[1]
+        return self._chunks("states", np.asarray(rows) * N + np.asarray(cols)).astype(np.float32)
+
+    def trajectories(self, lo, hi, start):
+        """states[lo:hi] as float32 (hi − lo, N, C, H, W), NaN before each record's n."""
+        N = self.group["states"].shape[1]
+        out = np.full((hi - lo, *self.group["states"].shape[1:]), np.nan, np.float32)
+        stored = np.arange(N)[None] >= np.asarray(start)[:, None]
+        rows, cols = np.nonzero(stored)
+        out[rows, cols] = self.states(rows + lo, cols)
+        return out
+
+    def _offsets(self, name):
+        if name not in self._index:
+            key, array = _object(name, self.group[name].ndim), self.group[name]
+            num_chunks = int(np.prod(array.shape[:CHUNK_AXES[name]]))
+            size = self.sums[key]["size"]
+            with refusing(self.entry):
+                raw, = self.store.read_ranges(f"{self.entry['path']}/{key}", [size - index_nbytes(num_chunks)], [size])
+                self._index[name] = decode_index(raw, num_chunks)
+        return self._index[name]
+
+    def _chunks(self, name, flat):
+        """Inner chunks `flat` (C-order numbers in the chunk grid) of a sharded array, stacked."""
+        offsets, nbytes = self._offsets(name)
+        if (offsets[flat] == EMPTY).any():
+            raise damaged(self.entry, f"a stored chunk of {name} is missing from its shard index")
+        array = self.group[name]
+        with refusing(self.entry):
+            raws = self.store.read_ranges(f"{self.entry['path']}/{_object(name, array.ndim)}", offsets[flat],
+                                          offsets[flat] + nbytes[flat])
+            return decode_chunks(raws, array.dtype, array.shape[CHUNK_AXES[name]:])

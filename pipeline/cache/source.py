@@ -15,16 +15,16 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
 from .draws import draw_k, draw_n
-from .shards import open_checked, read_columns, read_states, read_trajectories
+from .shards import ShardReader
 
 
-def iter_pairs(group, entry, lo, hi, *, mode, N, K, epoch, seed, block_rows=256):
-    """Training samples of shard rows [lo, hi) as numpy batches of at most `block_rows` rows."""
-    cols = read_columns(group, entry, lo, hi)
+def iter_pairs(reader, lo, hi, *, mode, N, K, epoch, seed, block_rows=256):
+    """Training samples of shard rows [lo, hi) of a ShardReader, as numpy batches of at most `block_rows` rows."""
+    cols = reader.columns(lo, hi)
     n = cols["start"] if mode == "data" else draw_n(cols["index"], N, K, seed, epoch)
     k = draw_k(n, cols["index"], N, K, seed, epoch)
     rows = np.arange(lo, hi)
-    states = read_states(group, entry, np.concatenate([rows, rows]), np.concatenate([n, n + k]))
+    states = reader.states(np.concatenate([rows, rows]), np.concatenate([n, n + k]))
     m = hi - lo
     batch = {"x0": cols["x0"], "label": cols["label"], "index": cols["index"], "n": n, "k": k,
              "x_t": states[:m], "x_u": states[m:]}
@@ -32,12 +32,13 @@ def iter_pairs(group, entry, lo, hi, *, mode, N, K, epoch, seed, block_rows=256)
         yield {name: a[b:b + block_rows] for name, a in batch.items()}
 
 
-def iter_records(group, entry, lo, hi, block_rows=64):
+def iter_records(reader, lo, hi, block_rows=64):
     """Whole records of shard rows [lo, hi): x0, label, index, n, data_index, flip, seed and states (float32)."""
     for b in range(lo, hi, block_rows):
-        cols = read_columns(group, entry, b, min(b + block_rows, hi))
+        e = min(b + block_rows, hi)
+        cols = reader.columns(b, e)
         n = cols.pop("start")
-        yield {**cols, "n": n, "states": read_trajectories(group, entry, b, min(b + block_rows, hi), n)}
+        yield {**cols, "n": n, "states": reader.trajectories(b, e, n)}
 
 
 class CacheDatasource(Datasource):
@@ -66,12 +67,12 @@ class CacheDatasource(Datasource):
                 yield entry, lo, min(lo + step, count)
 
     def _read(self, entry, lo, hi):
-        group = open_checked(self.cache.store, entry)
+        reader = ShardReader(self.cache.store, entry)
         if self.pairs:
-            batches = iter_pairs(group, entry, lo, hi, mode=self.cache.mode, N=self.cache.N, K=self.K,
-                                 epoch=self.epoch, seed=self.seed)
+            batches = iter_pairs(reader, lo, hi, mode=self.cache.mode, N=self.cache.N, K=self.K, epoch=self.epoch,
+                                 seed=self.seed)
         else:
-            batches = iter_records(group, entry, lo, hi)
+            batches = iter_records(reader, lo, hi)
         for batch in batches:
             yield BlockAccessor.batch_to_block(batch)
 

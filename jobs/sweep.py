@@ -1,0 +1,70 @@
+"""Sweep the training config (loss weights, GAN start, learning rate ...) with Ray Tune, ASHA on the FID that the
+evaluation actors report every sweep.report_every steps.
+
+    python -m jobs.sweep --config jobs/configs/digits.yaml --set 'sweep.search_space={train.lr: {loguniform: [1e-4, 1e-3]}}'
+    ray job submit --working-dir . -- python -m jobs.sweep --config FILE [--set k=v ...] [--restore]
+
+Each trial trains its own Ray Train run (<sweep.storage_path>/<sweep.name>/train/<trial id>), all of them reading one
+trajectory cache (generated first if missing). Running the same command again continues an interrupted sweep
+(Tuner.restore: finished trials are kept, unfinished ones resume from their last report); --restore insists on
+that. Exit status: 0 every trial ended and the best is saved (best.json, best_config.yaml), 1 the sweep was
+interrupted or no trial succeeded, 2 bad input (nothing ran).
+"""
+
+import argparse
+import sys
+
+import ray
+
+from pipeline.cache import CacheError
+from pipeline.config import ConfigError, load_config
+from pipeline.datasets import DatasetError
+from pipeline.evaluation.features import check_features
+from pipeline.sweep import check_search_space, run_sweep
+from pipeline.sweep.tuner import check_reports
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (default: the embedded digits default)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sweep.num_samples=8")
+    p.add_argument("--restore", action="store_true", help="continue the sweep in <sweep.storage_path>/<sweep.name>")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        check_search_space(cfg)
+        check_reports(cfg)
+        check_features(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(cfg.dump(), flush=True)
+    if not ray.is_initialized():
+        ray.init()
+    try:
+        outcome = run_sweep(cfg, restore=args.restore)
+    except (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"sweep folder: {outcome['path']}")
+    if not outcome["complete"]:
+        print("error: the sweep was interrupted; run the same command again to continue it", file=sys.stderr)
+        return 1
+    best = outcome["best"]
+    if best is None:
+        print("error: every trial failed; see the errors above and the trial folders", file=sys.stderr)
+        return 1
+    failed = sum(t["status"] == "error" for t in outcome["trials"])
+    print(f"best: trial {best['trial_id']}  FID {best['fid']:.4g} at step {best['step']}  params {best['params']}\n"
+          f"best checkpoint: {best['checkpoint']}\n"
+          f"saved: {outcome['path']}/best.json, {outcome['path']}/best_config.yaml"
+          + (f"\n{failed} trial(s) failed: see best.json" if failed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""One trial of a loss-weight sweep: a Tune function trainable that drives Ray Train runs of its config.
+
+Train V2 refuses `Tuner(TorchTrainer)`, so a trial is a small driver. It trains in chunks, up to each milestone
+(sweep.report_every steps apart), with `run_training` under one run name and storage, so each chunk resumes the
+run from its newest checkpoint (written at every chunk's last step). The shared evaluation actors score that
+checkpoint at the sampling setting (sweep.nfe, sweep.gamma), and the FID goes to Tune, where ASHA keeps or stops
+the trial. The Tune checkpoint is a pointer (trial.json) to the Train checkpoint, so no weights are copied and a
+restored trial continues at its next milestone.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs
+import ray
+from ray import tune
+
+from pipeline.config import load_config
+from pipeline.evaluation import Setting
+from pipeline.evaluation.models import load_checkpoint_model
+from pipeline.evaluation.report import public
+from pipeline.train import run_training
+
+TRIAL_FILE = "trial.json"
+
+
+def milestones(steps, every):
+    """Steps at which a trial reports: every `every` steps, and at the last step."""
+    return sorted({*range(every, steps, every), steps})
+
+
+def plain(value):
+    """Tune's draws may be numpy scalars; the config takes Python ones."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def trial_config(base, params, train_root, trial_id):
+    """The trial's Config: the sweep's config with the drawn values, and its own Train run <train_root>/<trial id>."""
+    overrides = [(key, plain(value)) for key, value in params.items()]
+    return load_config(base=base, overrides=overrides + [("train.storage_path", train_root),
+                                                         ("train.run_name", trial_id)])
+
+
+def chunk_config(cfg, start, stop):
+    """`cfg` trained up to step `stop`; the test-only fault (train.fail_at_step) armed only in the chunk holding it."""
+    fail = cfg.train.fail_at_step
+    armed = fail if fail is not None and start <= fail < stop else None
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=stop, fail_at_step=armed))
+
+
+def read_pointer(checkpoint):
+    with checkpoint.as_directory() as d:
+        return json.loads(Path(d, TRIAL_FILE).read_text())
+
+
+def score(pool, checkpoint, setting, ema_rate):
+    """The evaluation of a Train checkpoint at `setting` on one of the pool's actors. A checkpoint on local (or
+    shared) disk is read by the actor; one in object storage is loaded here and its weights sent along."""
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        source = checkpoint.path
+    else:
+        with checkpoint.as_directory() as d:
+            source = load_checkpoint_model(d, ema_rate)
+        source.info["checkpoint"] = checkpoint.path
+    result, = ray.get(pool.submit(source, [setting]))
+    return public(result)
+
+
+def run_trial(params, base, pool, train_root):
+    """The trainable: params are the drawn {dotted key: value}; base the sweep's Config.to_dict()."""
+    os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))  # Tune starts a trial in its own folder
+    cfg = trial_config(base, params, train_root, tune.get_context().get_trial_id())
+    checkpoint = tune.get_checkpoint()
+    done = read_pointer(checkpoint)["step"] if checkpoint else 0
+    setting = Setting(cfg.sweep.nfe, cfg.sweep.gamma)
+    for stop in [m for m in milestones(cfg.train.steps, cfg.sweep.report_every) if m > done]:
+        started = time.perf_counter()
+        result = run_training(chunk_config(cfg, done, stop))
+        trained = time.perf_counter()
+        evaluation = score(pool, result.checkpoint, setting, cfg.eval.ema_rate)
+        metrics = {"fid": evaluation["fid"], "step": evaluation["model"]["step"], "checkpoint_path": result.checkpoint.path,
+                   "train_seconds": round(trained - started, 3),
+                   "eval_seconds": round(time.perf_counter() - trained, 3)}
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, TRIAL_FILE).write_text(json.dumps({**metrics, "evaluation": evaluation}, default=str))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        done = stop

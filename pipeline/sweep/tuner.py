@@ -1,0 +1,123 @@
+"""A Ray Tune sweep of the training config (loss weights, GAN start, learning rate ...) with ASHA on the FID that the
+evaluation actors report.
+
+    outcome = run_sweep(cfg)     # Ray initialised; continues the sweep when its folder already holds one
+
+The sweep folder <sweep.storage_path>/<sweep.name> holds Tune's experiment state and one folder per trial
+(trial_<id>/), config.yaml (the sweep's config), train/<trial id>/ (each trial's Train run: checkpoints,
+stats.jsonl, samples) and, once every trial has ended, best.json and best_config.yaml.
+"""
+
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from pipeline.cache import CacheNotFoundError, generate_cache, open_cache
+from pipeline.config import ConfigError
+from pipeline.evaluation import EvaluatorPool
+from pipeline.train.rundir import RunDir
+
+from .space import check_search_space, param_space
+from .summary import best_trial, format_table, trial_summary, write_best
+from .trial import milestones, run_trial
+
+
+def trial_dirname(trial):
+    return f"trial_{trial.trial_id}"
+
+
+def ensure_cache(cfg, log=print):
+    """The trajectory cache every trial reads, generated here once when it is missing or short."""
+    try:
+        if open_cache(cfg.cache.root, cfg).num_records >= cfg.cache.num_records:
+            return
+    except CacheNotFoundError:
+        pass
+    generate_cache(cfg, log=log)
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
+    return out
+
+
+def check_same_config(exp, cfg):
+    """A restored sweep goes on with the config it started with; refuse another one, naming the keys that differ."""
+    saved = exp.read_text("config.yaml")
+    if saved is None:
+        return
+    old, new = _flatten(yaml.safe_load(saved)), _flatten(yaml.safe_load(cfg.dump()))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        raise ConfigError(f"the sweep at {exp.url} was started with another config ({', '.join(differ)} differ): "
+                          "continue it with the same --config and --set, or start a new one with another sweep.name")
+
+
+def check_reports(cfg):
+    reports = len(milestones(cfg.train.steps, cfg.sweep.report_every))
+    if cfg.sweep.grace_period > reports:
+        raise ConfigError(f"config key 'sweep.grace_period': {cfg.sweep.grace_period} exceeds the {reports} reports a "
+                          f"trial makes (train.steps {cfg.train.steps} / sweep.report_every {cfg.sweep.report_every})")
+    return reports
+
+
+def new_tuner(cfg, trainable, storage_path, filesystem, callbacks):
+    s = cfg.sweep
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=check_reports(cfg), grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(metric="fid", mode="min", scheduler=asha,
+                                    search_alg=BasicVariantGenerator(random_state=s.seed), num_samples=s.num_samples,
+                                    max_concurrent_trials=s.max_concurrent_trials, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=s.name, storage_path=storage_path, storage_filesystem=filesystem,
+                                  failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                                  callbacks=list(callbacks)),
+    )
+
+
+def run_sweep(cfg, restore=False, callbacks=(), log=print):
+    """Run the sweep cfg.sweep names, or continue it (unfinished trials resume from their last report; finished and
+    failed ones are kept as they are). restore=True refuses to start a new sweep.
+
+    Returns {"path", "complete", "trials", "best", "best_config"}; "best" (the trial with the lowest last FID among
+    those that did not fail) and "best_config" are None until every trial has ended.
+    """
+    s = cfg.sweep
+    check_search_space(cfg)
+    check_reports(cfg)
+    exp = RunDir(s.storage_path, s.name, s.storage_options)
+    storage_path, filesystem = exp.ray_storage()
+    path = f"{storage_path}/{s.name}"
+    restoring = tune.Tuner.can_restore(path, storage_filesystem=filesystem)
+    if restore and not restoring:
+        raise ConfigError(f"nothing to restore: no Tune sweep at {exp.url}; leave out --restore to start it")
+    if restoring:
+        check_same_config(exp, cfg)
+        log(f"[sweep] continuing the sweep at {exp.url}")
+    else:
+        exp.write_text("config.yaml", cfg.dump())
+    if cfg.train.teacher_mode == "cached":
+        ensure_cache(cfg, log)
+    train_root = f"{exp.path if filesystem is None else exp.url}/train"
+    pool = EvaluatorPool(cfg)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), pool=pool,
+                                                             train_root=train_root), {"CPU": s.cpus_per_trial})
+        if restoring:
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, storage_filesystem=filesystem)
+        else:
+            tuner = new_tuner(cfg, trainable, storage_path, filesystem, callbacks)
+        grid = tuner.fit()
+    finally:
+        pool.shutdown()
+    complete = grid.num_terminated + grid.num_errors == len(grid)
+    trials = [trial_summary(r, cfg.train.steps, complete) for r in grid]
+    log(format_table(trials))
+    best = best_trial(trials) if complete else None
+    best_cfg = write_best(exp, grid, trials, best, cfg, train_root) if best else None
+    return {"path": exp.url, "complete": complete, "trials": trials, "best": best, "best_config": best_cfg}

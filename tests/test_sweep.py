@@ -1,0 +1,155 @@
+"""Tune sweeps of the training config: search-space checks, trial chunks, and one shared three-trial sweep that is
+interrupted by an injected trial failure, then restored, then judged."""
+
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import yaml
+from ray import tune
+
+from jobs.sweep import main as sweep_main
+from pipeline.checkpoint import load_student
+from pipeline.config import ConfigError, load_config
+from pipeline.sweep import check_search_space, milestones, param_space, run_sweep, trial_config
+from pipeline.sweep.trial import chunk_config
+
+SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "train.fail_at_step": {"grid_search": [None, 0, None]}}
+
+
+def sweep_config(root, *overrides):
+    """Three tiny trials, one at a time, each trained 2 steps and scored after each (ASHA sees 2 reports); the
+    second dies at its first step (train.fail_at_step, test only) with no Train or Tune retries."""
+    return load_config(overrides=[
+        "student.architecture=tiny", "train.distance=l2", "train.batch_size=8", "train.ema_rates=[0.9]",
+        "train.steps=2", "train.checkpoint_every=100", "train.log_every=1", "train.max_failures=0",
+        f"cache.root={root / 'cache'}", "cache.num_records=32", "cache.records_per_shard=32",
+        "eval.num_samples=100", "eval.batch_size=100", "eval.ema_rate=0.9",
+        f"sweep.storage_path={root}", "sweep.name=s", "sweep.report_every=1", "sweep.max_concurrent_trials=1",
+        "sweep.max_failures=0", ("sweep.search_space", SPACE), *overrides])
+
+
+def test_search_space_becomes_tune_domains(tmp_path):
+    cfg = load_config(overrides=[("sweep.search_space", {
+        "train.lambda_dsm": {"loguniform": [0.1, 10]}, "train.lr": {"choice": [1e-4, 4e-4]},
+        "train.gan_start": {"grid_search": [100, 200]}, "train.seed": {"randint": [0, 3]},
+        "train.target_ema": {"uniform": [0.9, 0.99]}})])
+    space = param_space(cfg)
+    assert isinstance(space["train.lambda_dsm"], tune.search.sample.Float)
+    assert (space["train.lambda_dsm"].lower, space["train.lambda_dsm"].upper) == (0.1, 10)
+    assert space["train.lr"].categories == [1e-4, 4e-4] and space["train.gan_start"] == {"grid_search": [100, 200]}
+    assert isinstance(space["train.seed"], tune.search.sample.Integer) and space["train.seed"].upper == 3
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"train.lamda_dsm": {"choice": [1, 2]}}, "unknown config key 'train.lamda_dsm'"),
+    ({"train.lr": {"normal": [0, 1]}}, "entry 'train.lr': a spec is one of"),
+    ({"train.lr": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
+    ({"train.lr": {"uniform": [-1, 1]}}, "learning rates must be positive"),
+    ({"train.gan_start": {"uniform": [100, 200]}}, "'train.gan_start' must be int"),
+    ({"train.distance": {"choice": ["l2", "l3"]}}, "'l3'"),
+    ({"grid.N": {"choice": [12, 18]}}, "only train.* and student.* keys"),
+    ({"train.steps": {"choice": [10, 20]}}, "set by the sweep itself"),
+    ({}, "'sweep.search_space' is empty"),
+])
+def test_bad_search_spaces_are_refused_naming_the_key(space, message):
+    cfg = load_config(overrides=[("sweep.search_space", space)])
+    with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace("(", r"\(")):
+        check_search_space(cfg)
+
+
+def test_trial_chunks_end_at_the_milestones_and_arm_the_fault_only_in_its_chunk(tmp_path):
+    assert milestones(5, 2) == [2, 4, 5] and milestones(4, 2) == [2, 4] and milestones(3, 10) == [3]
+    base = load_config(overrides=["train.steps=5", "train.fail_at_step=3"]).to_dict()
+    cfg = trial_config(base, {"train.lr": np.float64(2e-4), "train.seed": np.int64(7)}, str(tmp_path), "abc_00001")
+    assert (cfg.train.lr, cfg.train.seed, cfg.train.run_name, cfg.train.storage_path) == \
+        (2e-4, 7, "abc_00001", str(tmp_path)) and type(cfg.train.seed) is int
+    assert [(c.train.steps, c.train.fail_at_step) for c in (chunk_config(cfg, 0, 2), chunk_config(cfg, 2, 4),
+                                                            chunk_config(cfg, 4, 5))] == [(2, None), (4, 3), (5, None)]
+
+
+def test_the_job_refuses_bad_input_before_anything_runs(tmp_path, capsys):
+    assert sweep_main(["--set", "sweep.search_space={train.nope: {choice: [1]}}"]) == 2
+    assert "unknown config key 'train.nope'" in capsys.readouterr().err
+    assert sweep_main(["--set", "sweep.search_space={train.lr: {choice: [1e-4]}}", "--set", "sweep.grace_period=9",
+                       "--set", "train.steps=4", "--set", "sweep.report_every=2"]) == 2
+    assert "exceeds the 2 reports" in capsys.readouterr().err
+
+
+class InterruptAtFirstError(tune.Callback):
+    """Stop the sweep the way Ctrl+C does (Tune saves its state and fit() returns) when a trial fails."""
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def finished_trial_files(exp, trial_id):
+    """Bytes and mtimes of everything a finished trial wrote (its Tune folder and its Train run)."""
+    files = [p for d in (exp / f"trial_{trial_id}", exp / "train" / trial_id) for p in sorted(d.rglob("*"))
+             if p.is_file()]
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = sweep_config(root)
+    quiet = lambda *a: None
+    first = run_sweep(cfg, callbacks=[InterruptAtFirstError()], log=quiet)
+    exp = root / "s"
+    done = first["trials"][0]["trial_id"]
+    before = finished_trial_files(exp, done)
+    second = run_sweep(cfg, restore=True, log=quiet)
+    return cfg, exp, first, before, second
+
+
+def test_an_injected_trial_failure_leaves_the_other_trials_intact(sweep):
+    cfg, exp, first, _, _ = sweep
+    t0, t1, t2 = first["trials"]
+    assert [t["status"] for t in first["trials"]] == ["done", "error", "not done"] and not first["complete"]
+    assert t1["params"]["train.fail_at_step"] == 0 and "TrainingFailedError" in t1["error"] and t1["fid"] is None
+    assert t0["step"] == 2 and math.isfinite(t0["fid"]) and t0["checkpoint"].endswith("checkpoint_0000002")
+    assert sorted(p.name for p in (exp / "train" / t0["trial_id"]).glob("checkpoint_*")) == \
+        ["checkpoint_0000001", "checkpoint_0000002"]
+    assert first["best"] is None and not (exp / "best.json").exists()
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep):
+    cfg, exp, first, before, second = sweep
+    assert second["complete"] and [t["trial_id"] for t in second["trials"]] == [t["trial_id"] for t in first["trials"]]
+    t0, t1, t2 = second["trials"]
+    assert finished_trial_files(exp, t0["trial_id"]) == before  # not rerun: nothing it wrote was touched
+    results = (exp / f"trial_{t0['trial_id']}" / "result.json").read_text().splitlines()
+    assert [json.loads(r)["training_iteration"] for r in results] == [1, 2]
+    assert t1["status"] == "error" and t2["status"] in ("done", "stopped") and math.isfinite(t2["fid"])
+
+
+def test_the_sweep_reports_fid_per_trial_and_saves_the_best(sweep):
+    cfg, exp, _, _, second = sweep
+    t0, _, t2 = second["trials"]
+    assert t0["params"]["train.lr"] != t2["params"]["train.lr"]  # seeded random draws, one per trial
+    best = min((t0, t2), key=lambda t: t["fid"])
+    assert second["best"] == best
+    record = json.loads((exp / "best.json").read_text())
+    assert record["best"]["trial_id"] == best["trial_id"] and record["best"]["fid"] == best["fid"]
+    assert [t["status"] for t in record["trials"]] == [t["status"] for t in second["trials"]]
+    evaluation = record["best"]["evaluation"]
+    assert evaluation["fid"] == best["fid"] and evaluation["num_samples"] == 100
+    assert evaluation["features"]["name"] == "digits-mlp-64" and evaluation["setting"]["nfe"] == 1
+    best_cfg = load_config(exp / "best_config.yaml")
+    assert best_cfg.train.lr == best["params"]["train.lr"] and best_cfg.train.run_name == best["trial_id"]
+    G, run_cfg = load_student(best["checkpoint"], ema_rate=0.9)
+    assert run_cfg.train.lr == best_cfg.train.lr and not G.training
+    assert yaml.safe_load((exp / "config.yaml").read_text()) == yaml.safe_load(cfg.dump())
+
+
+def test_restore_refuses_another_config_and_a_missing_sweep(sweep, tmp_path, capsys):
+    cfg, exp, *_ = sweep
+    with pytest.raises(ConfigError, match="train.lr differ"):
+        run_sweep(load_config(exp / "config.yaml", ["train.lr=1e-3"]), restore=True)
+    assert sweep_main(["--restore", "--set", f"sweep.storage_path={tmp_path}",
+                       "--set", "sweep.search_space={train.lr: {choice: [1e-4]}}"]) == 2
+    assert "nothing to restore" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""Checkpoints: what save_checkpoint writes, load_student and resume read back, and what they refuse."""
+
+import pytest
+import torch
+
+from pipeline.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_student, save_checkpoint
+from pipeline.config import load_config
+from pipeline.teachers import build_teacher
+from pipeline.train.state import build_state, load_weights, resume, state_parts, student_kwargs
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return build_teacher(load_config())
+
+
+def config(*overrides):
+    return load_config(overrides=["student.architecture=tiny", "train.distance=l2", "train.ema_rates=[0.9, 0.99]",
+                                  *overrides])
+
+
+def perturbed(cfg, teacher, seed):
+    """A state whose every part differs from a fresh one (weights, EMAs, target, D, optimiser moments, step)."""
+    state = build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu")
+    g = torch.Generator().manual_seed(seed)
+    for module in (state.G, state.G_target, state.D, *state.emas.values()):
+        for p in module.parameters():
+            p.data += 0.01 * torch.randn(p.shape, generator=g)
+    for opt, module in ((state.opt_G, state.G), (state.opt_D, state.D)):
+        for p in module.parameters():
+            if p.requires_grad:
+                p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    state.step = 17
+    return state
+
+
+def save(tmp_path, cfg, state):
+    return save_checkpoint(tmp_path, **state_parts(state), config=cfg.to_dict(), rng={"train_seed": 0, "step": 17},
+                           data={"mode": "online", "epoch": 0, "offset": 0})
+
+
+def test_resume_restores_every_part(teacher, tmp_path):
+    cfg = config("train.gan_start=0")
+    state = perturbed(cfg, teacher, 1)
+    assert save(tmp_path, cfg, state) == tmp_path / CHECKPOINT_FILE
+    again = build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu")
+    resume(again, load_checkpoint(tmp_path))
+    assert again.step == 17
+    for a, b in [(state.G, again.G), (state.G_target, again.G_target), (state.D, again.D),
+                 *[(state.emas[r], again.emas[r]) for r in (0.9, 0.99)]]:
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v, w), k
+    for a, b in [(state.opt_G, again.opt_G), (state.opt_D, again.opt_D)]:
+        for s, t in zip(a.state_dict()["state"].values(), b.state_dict()["state"].values()):
+            assert all(torch.equal(s[k], t[k]) for k in s)
+
+
+def test_load_student_returns_the_ema_and_the_run_config(teacher, tmp_path):
+    cfg = config()
+    state = perturbed(config("train.gan_start=0"), teacher, 2)
+    save(tmp_path, cfg, state)
+    G, run_cfg = load_student(tmp_path / CHECKPOINT_FILE, ema_rate=0.99)
+    assert not G.training and not any(p.requires_grad for p in G.parameters())
+    assert all(torch.equal(v, state.emas[0.99].state_dict()[k]) for k, v in G.state_dict().items())
+    assert run_cfg.train.ema_rates == (0.9, 0.99) and run_cfg.student.architecture == "tiny"
+    with pytest.raises(KeyError, match=r"\['0.9', '0.99'\]"):
+        load_student(tmp_path, ema_rate=0.999)
+
+
+def test_gan_stage_from_another_runs_checkpoint_takes_weights_only(teacher, tmp_path):
+    """train.init_checkpoint: student, target and EMAs come over; D, optimisers and the step start fresh."""
+    save(tmp_path, config(), perturbed(config("train.gan_start=0"), teacher, 3))
+    parts = load_checkpoint(tmp_path)
+    cfg = config("train.gan_start=0")
+    state = build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu")
+    fresh_D = {k: v.clone() for k, v in state.D.state_dict().items()}
+    load_weights(state, parts)
+    assert all(torch.equal(v, parts["student"][k]) for k, v in state.G.state_dict().items())
+    assert all(torch.equal(v, parts["ema"]["0.9"][k]) for k, v in state.emas[0.9].state_dict().items())
+    assert all(torch.equal(v, fresh_D[k]) for k, v in state.D.state_dict().items())
+    assert state.step == 0 and not state.opt_G.state_dict()["state"]
+
+
+def test_refusals(teacher, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint_0001000"):
+        load_checkpoint(tmp_path / "nothing")
+    cfg = config()
+    save(tmp_path, cfg, perturbed(config("train.gan_start=0"), teacher, 4))
+    parts = load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="GAN stage"):
+        resume(build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu"), parts)
+    bigger = dict(parts, student_kwargs={**parts["student_kwargs"], "model_channels": 32})
+    with pytest.raises(ValueError, match="model_channels"):
+        load_weights(build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu"), bigger)
+    file = tmp_path / CHECKPOINT_FILE
+    file.write_bytes(file.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="missing"):
+        save_checkpoint(tmp_path, step=1)
