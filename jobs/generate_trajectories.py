@@ -17,7 +17,7 @@ from pipeline.cache import CacheError, format_report, generate_cache, open_cache
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets import DatasetError
 
-EXPECTED = (ConfigError, CacheError, DatasetError, FileNotFoundError)
+EXPECTED = (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError)  # user errors: no traceback
 
 
 def parse_args(argv=None):

@@ -46,7 +46,8 @@ def main(argv=None):
         print(f"error: training failed (more than train.max_failures={cfg.train.max_failures} failures): {e}\n"
               f"rerun the same command to continue from the newest checkpoint", file=sys.stderr)
         return 1
-    print(f"done: step {cfg.train.steps}; run directory {result.path}; newest checkpoint {result.checkpoint.path}")
+    newest = result.checkpoint.path if result.checkpoint else "none"
+    print(f"done: step {cfg.train.steps}; run directory {result.path}; newest checkpoint {newest}")
     return 0
 
 

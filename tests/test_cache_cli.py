@@ -62,7 +62,7 @@ def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_pat
     proc = subprocess.Popen(command(root, teacher_path), cwd=REPO, env=environment(ray_cluster),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not committed(root)[1]:
             time.sleep(0.05)
     finally:

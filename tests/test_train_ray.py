@@ -29,7 +29,7 @@ def teacher_path(tmp_path_factory):
     return path
 
 
-def config(tmp_path, teacher_path, teacher_path, *overrides):
+def config(tmp_path, teacher_path, *overrides):
     return load_config(overrides=[f"teacher.path={teacher_path}", "student.architecture=tiny", "train.distance=l2", "train.teacher_mode=online",
                                   "train.batch_size=8", "train.micro_batch=4", "train.ema_rates=[0.9]",
                                   f"train.storage_path={tmp_path}", "train.num_to_keep=10", *overrides])

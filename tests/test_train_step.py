@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from ctm.networks import build_edm_network, tiny_songunet_kwargs
 from ctm.schedule import karras_grid, sample_official
+from ctm.teachers import EDMTeacher
 from pipeline.config import load_config
 from pipeline.datasets import load_dataset
 from pipeline.teachers import build_teacher
@@ -115,7 +117,7 @@ class ListShard:
     def __init__(self, rows, size):
         self.rows, self.size = rows, size
 
-    def iter_torch_batches(self, batch_size):
+    def iter_torch_batches(self, batch_size, **shuffle):
         n = len(self.rows["n"])
         for i in range(0, n, self.size):
             yield {k: v[i:i + self.size] for k, v in self.rows.items()}
@@ -159,3 +161,20 @@ def test_training_reduces_the_flow_map_error(digits):
         state.step += 1
     after = error()
     assert after < 0.6 * before, (before, after)
+
+
+def test_a_teacher_architecture_student_starts_as_the_teacher():
+    """student.architecture=teacher: every teacher weight is copied, the s-path keeps its own init, θ⁻ and the EMAs
+    start as G, and student.dropout overrides the network's."""
+    net = build_edm_network(**tiny_songunet_kwargs(8, 1))
+    teacher = EDMTeacher(net)
+    cfg = load_config(overrides=["student.architecture=teacher", "student.dropout=0.2", "train.distance=l2"])
+    kwargs = student_kwargs(cfg, teacher)
+    assert kwargs == {**net.init_kwargs, "dropout": 0.2}
+    state = build_state(cfg, kwargs, teacher, "cpu")
+    G = state.G.state_dict()
+    for key, value in net.state_dict().items():
+        assert torch.equal(G[key], value), key
+    assert any("_s." in key for key in set(G) - set(net.state_dict()))
+    for copy in (state.G_target, *state.emas.values()):
+        assert all(torch.equal(v, G[k]) for k, v in copy.state_dict().items())

@@ -109,7 +109,7 @@ def locate(root, fields):
 
 
 def _neighbours(root, fields):
-    """'<key>: field, field' for each cache under `root`, naming how it differs from `fields`."""
+    """'<key> differs in <field>, <field>' for each cache under `root`, against `fields`."""
     out = []
     for name in root.listdir():
         manifest = root.read_json(f"{name}/{MANIFEST}")

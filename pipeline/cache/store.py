@@ -63,9 +63,13 @@ class CacheStore:
     def read_json(self, rel):
         """The JSON object at `rel`, or None where there is none."""
         try:
-            return json.loads(self.read_bytes(rel))
-        except FileNotFoundError:
+            data = self.read_bytes(rel)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.join_url(rel)} is not valid JSON ({e}); it was not written by this code") from e
 
     def read_ranges(self, rel, starts, ends):
         """The bytes [start, end) of the object at `rel` for each range (concurrent requests on object stores)."""

@@ -71,10 +71,21 @@ def score(pool, checkpoint, setting, ema_rate):
     return public(result)
 
 
-def run_trial(params, base, pool, train_root):
-    """The trainable: params are the drawn {dotted key: value}; base the sweep's Config.to_dict()."""
+def pin_teacher(base, teacher):
+    """base with teacher.path set to a file of the driver's fitted mixture. A mixture fitted here could differ in its
+    last bits (BLAS thread counts change the fit), hence in its digest, and the trajectory cache would refuse it."""
+    if teacher is None:
+        return base
+    file = Path(tune.get_context().get_trial_dir()) / "teacher.npz"
+    teacher.save(file)
+    return {**base, "teacher": {**base["teacher"], "path": str(file)}}
+
+
+def run_trial(params, base, pool, train_root, teacher=None):
+    """The trainable: params are the drawn {dotted key: value}; base the sweep's Config.to_dict(); teacher the
+    digits mixture the driver fitted (None when teacher.path names one)."""
     os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))  # Tune starts a trial in its own folder
-    cfg = trial_config(base, params, train_root, tune.get_context().get_trial_id())
+    cfg = trial_config(pin_teacher(base, teacher), params, train_root, tune.get_context().get_trial_id())
     checkpoint = tune.get_checkpoint()
     done = read_pointer(checkpoint)["step"] if checkpoint else 0
     setting = Setting(cfg.sweep.nfe, cfg.sweep.gamma)

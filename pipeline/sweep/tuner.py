@@ -16,6 +16,7 @@ from ray.tune.search import BasicVariantGenerator
 from pipeline.cache import CacheNotFoundError, generate_cache, open_cache
 from pipeline.config import ConfigError
 from pipeline.evaluation import EvaluatorPool
+from pipeline.teachers import build_teacher
 from pipeline.train.rundir import RunDir
 
 from .space import check_search_space, param_space
@@ -104,10 +105,12 @@ def run_sweep(cfg, restore=False, callbacks=(), log=print):
     if cfg.train.teacher_mode == "cached":
         ensure_cache(cfg, log)
     train_root = f"{exp.path if filesystem is None else exp.url}/train"
+    fitted = build_teacher(cfg) if cfg.teacher.kind == "gmm" and cfg.teacher.path is None else None
     pool = EvaluatorPool(cfg)
     try:
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), pool=pool,
-                                                             train_root=train_root), {"CPU": s.cpus_per_trial})
+                                                             train_root=train_root, teacher=fitted),
+                                        {"CPU": s.cpus_per_trial})
         if restoring:
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, storage_filesystem=filesystem)
         else:

@@ -16,7 +16,7 @@ from ctm.schedule import k_probs
 from pipeline.cache import cache_dataset
 from pipeline.datasets import apply_flips, flip_mask
 from pipeline.train.rundir import RunDir
-from pipeline.train.step import STREAM_DATA, STREAM_K, STREAM_PERM, generator_for
+from pipeline.train.step import STREAM_DATA, STREAM_K, STREAM_PERM, generator_for, seed_for
 
 ROW_KEYS = ("x0", "label", "index", "n", "k", "x_t", "x_u")
 
@@ -72,19 +72,21 @@ class OnlineBatches:
 class CachedBatches:
     """batches(step) -> the next `share` rows of this worker's dataset shard (a ray.data.DataIterator).
 
-    The shard streams cache epochs from `first_epoch` on (see CacheEpochs); resuming at `step`, the rows this worker
-    had used since then are skipped. A shard that runs out starts another pass.
+    The shard streams cache epochs from `first_epoch` on (see CacheEpochs), mixed through a seeded shuffle buffer of
+    four batches; resuming at `step`, the rows this worker had used since then are skipped. A shard that runs out
+    starts another pass.
     """
 
-    def __init__(self, shard, share, step=0, first_epoch=0, rows_per_epoch=0):
-        self.shard, self.share = shard, share
+    def __init__(self, shard, share, step=0, first_epoch=0, rows_per_epoch=0, seed=0):
+        self.shard, self.share, self.seed = shard, share, seed
         self.skip = max(0, step * share - first_epoch * rows_per_epoch)
         self.rows, self.buffer, self.buffered = None, [], 0
 
     def _stream(self):
         while True:
             empty = True
-            for batch in self.shard.iter_torch_batches(batch_size=self.share):
+            for batch in self.shard.iter_torch_batches(batch_size=self.share, local_shuffle_buffer_size=4 * self.share,
+                                                       local_shuffle_seed=self.seed):
                 empty = False
                 drop = min(self.skip, len(batch["n"]))
                 self.skip -= drop
@@ -117,8 +119,8 @@ def first_epoch(step, batch_size, num_records):
 
 class CacheEpochs:
     """TorchTrainer's cached-mode dataset, a callable it calls at each worker-group start (the first and every
-    restart): cache epochs e0, e0+1, ... up to the run's last step as one stream, k redrawn given n each epoch
-    (seeded by train.seed). e0 holds the newest checkpoint of the run directory, so a resumed run reads at most one
+    restart): cache epochs e0, e0+1, ... up to the run's last step as one stream, k redrawn given n and the shard
+    order reshuffled each epoch (seeded by train.seed). e0 holds the newest checkpoint of the run directory, so a resumed run reads at most one
     epoch it does not use; the resumed workers skip the rows they had used of it."""
 
     def __init__(self, cfg, cache):
@@ -130,5 +132,6 @@ class CacheEpochs:
         M = self.cache.num_records
         first = first_epoch(steps[-1] if steps else 0, t.batch_size, M)
         last = max(math.ceil(t.steps * t.batch_size / M), first + 1)
-        epochs = [cache_dataset(self.cache, pairs=True, epoch=e, seed=t.seed) for e in range(first, last)]
+        epochs = [cache_dataset(self.cache, pairs=True, epoch=e, seed=t.seed)
+                  .randomize_block_order(seed=seed_for(t.seed, e, 0, STREAM_PERM)) for e in range(first, last)]
         return epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]

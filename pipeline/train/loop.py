@@ -159,7 +159,7 @@ def train_loop_per_worker(config):
     else:
         M = config["num_records"]
         source = CachedBatches(ray.train.get_dataset_shard("train"), t.batch_size // world_size, state.step,
-                               first_epoch(state.step, t.batch_size, M), M // world_size)
+                               first_epoch(state.step, t.batch_size, M), M // world_size, t.seed)
     step_fn = CTMStep(cfg, grid, teacher, device, rank, world_size)
     log = ProgressLog(run, cfg, state.step) if rank == 0 else None
     if rank == 0:

@@ -50,18 +50,17 @@ def student_kwargs(cfg, teacher):
 
 
 def build_student(cfg, kwargs, teacher=None):
-    """A fresh CTMPrecond; with architecture 'teacher' and init_from_teacher, every teacher weight is copied in."""
+    """A fresh CTMPrecond; with architecture 'teacher' and init_from_teacher, every weight of `teacher` is copied in
+    (teacher None: the random initialisation stays, for a state that a checkpoint is about to overwrite)."""
     G = CTMPrecond(**kwargs)
-    if cfg.student.architecture == "teacher" and cfg.student.init_from_teacher:
-        if teacher is None:
-            raise ValueError("student.init_from_teacher needs the teacher to copy its weights")
+    if cfg.student.architecture == "teacher" and cfg.student.init_from_teacher and teacher is not None:
         G.load_state_dict(student_from_teacher(teacher.net).state_dict())
     return G
 
 
 def build_state(cfg, kwargs, teacher, device):
     """A fresh TrainState on `device`, its random initial weights a function of train.seed (the teacher is only read
-    for its weights when the student copies them)."""
+    for its weights, when the student copies them)."""
     t = cfg.train
     torch.manual_seed(t.seed)
     G = build_student(cfg, kwargs, teacher).to(device).train()

@@ -6,7 +6,10 @@ RunConfig(name, storage_path) loads it and hands its newest checkpoint to `ray.t
 the same command continues the run. Restarts within train.max_failures do the same inside one `fit()`.
 """
 
+import copy
+
 import ray
+import ray.data
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -68,7 +71,7 @@ def build_trainer(cfg, loop_config, datasets):
     if use_gpu:
         resources.update({"GPU": t.gpus_per_worker, **pool_request("train", t.gpus_per_worker)})
     storage_path, filesystem = RunDir(t.storage_path, t.run_name, t.storage_options).ray_storage()
-    ordered = DataConfig.default_ingest_options()
+    ordered = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
     ordered.preserve_order = True  # the same rows in the same order after a restart, so skipping resumes the data
     return TorchTrainer(
         train_loop_per_worker,
