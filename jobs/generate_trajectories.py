@@ -35,6 +35,8 @@ def parse_args(argv=None):
 
 def init_ray(local_cpus):
     import ray
+    if ray.is_initialized():  # called in-process by a program that already runs Ray
+        return
     if local_cpus:
         ray.init(address="local", num_cpus=local_cpus, include_dashboard=False)
     else:

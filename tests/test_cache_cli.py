@@ -1,6 +1,7 @@
 """The generation CLI: killed with SIGKILL mid-run and rerun, it finishes without rewriting complete shards.
 
-The CLI runs as a separate driver connected to the session's Ray cluster, as under `ray job submit`.
+The killed run is a separate driver connected to the session's Ray cluster, as under `ray job submit`; the rerun
+calls the same CLI in this process.
 """
 
 import json
@@ -22,10 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 RECORDS, R = 200, 10
 
 
-def command(root, teacher_path):
+def arguments(root, teacher_path):
     # batch_size=1 keeps the teacher busy for seconds, long enough to kill the run between commits
-    return [sys.executable, "-m", "jobs.generate_trajectories",
-            "--set", f"cache.root={root}", "--set", f"teacher.path={teacher_path}", "--set", "teacher.components=3",
+    return ["--set", f"cache.root={root}", "--set", f"teacher.path={teacher_path}", "--set", "teacher.components=3",
             "--set", f"cache.num_records={RECORDS}", "--set", f"cache.records_per_shard={R}",
             "--set", "cache.batch_size=1"]
 
@@ -59,8 +59,9 @@ def teacher_path(tmp_path):
 
 def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_path, teacher_path, capsys):
     root = tmp_path / "cache"
-    proc = subprocess.Popen(command(root, teacher_path), cwd=REPO, env=environment(ray_cluster),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    T0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.generate_trajectories", *arguments(root, teacher_path)],
+                            cwd=REPO, env=environment(ray_cluster), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not committed(root)[1]:
@@ -68,14 +69,15 @@ def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_pat
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    import sys as _s; _s.__stderr__.write(f"TIMING killed at {time.time()-T0:.1f}\n")
     folder, entries = committed(root)
     assert 1 <= len(entries) < RECORDS // R, "the run must be killed after a commit and before the end"
     before = files(folder, entries)
 
-    done = subprocess.run(command(root, teacher_path), cwd=REPO, env=environment(ray_cluster), capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "teacher:\n  kind: gmm" in done.stdout and f"cache: {folder}" in done.stdout  # config first, cache last
+    assert main(arguments(root, teacher_path)) == 0
+    out = capsys.readouterr().out
+    _s.__stderr__.write(f"TIMING rerun done at {time.time()-T0:.1f}\n")
+    assert "teacher:\n  kind: gmm" in out and out.strip().endswith(f"cache: {folder}")  # the config, then the cache
 
     _, after = committed(root)
     assert [(e["start"], e["stop"]) for e in after] == [(s, s + R) for s in range(0, RECORDS, R)]
@@ -89,6 +91,7 @@ def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_pat
     assert capsys.readouterr().out.strip().endswith("OK")
     assert main(["describe", "--cache", str(folder)]) == 0
     assert f"records   {RECORDS} in {RECORDS // R} shards of {R}" in capsys.readouterr().out
+    _s.__stderr__.write(f"TIMING checks at {time.time()-T0:.1f}\n")
     (folder / after[7]["path"] / "start/c/0").write_bytes(b"\0" * 8)  # cut short
     assert main(["verify", "--cache", str(folder), "--quick"]) == 1
     out = capsys.readouterr().out

@@ -29,7 +29,7 @@ def sweep_config(root, *overrides):
         f"cache.root={root / 'cache'}", "cache.num_records=32", "cache.records_per_shard=32",
         "eval.num_samples=100", "eval.batch_size=100", "eval.ema_rate=0.9",
         f"sweep.storage_path={root}", "sweep.name=s", "sweep.report_every=1", "sweep.max_concurrent_trials=1",
-        "sweep.max_failures=0", ("sweep.search_space", SPACE), *overrides])
+        "sweep.num_samples=1", "sweep.max_failures=0", ("sweep.search_space", SPACE), *overrides])
 
 
 def test_search_space_becomes_tune_domains(tmp_path):

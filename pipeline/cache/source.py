@@ -17,6 +17,8 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from .draws import draw_k, draw_n
 from .shards import ShardReader
 
+BLOCK_BYTES = 8 << 20  # rows per output block: about 8 MiB of them
+
 
 def iter_pairs(reader, lo, hi, *, mode, N, K, epoch, seed, block_rows=256):
     """Training samples of shard rows [lo, hi) of a ShardReader, as numpy batches of at most `block_rows` rows."""
@@ -68,11 +70,12 @@ class CacheDatasource(Datasource):
 
     def _read(self, entry, lo, hi):
         reader = ShardReader(self.cache.store, entry)
+        rows = max(1, BLOCK_BYTES // self._row_bytes())
         if self.pairs:
             batches = iter_pairs(reader, lo, hi, mode=self.cache.mode, N=self.cache.N, K=self.K, epoch=self.epoch,
-                                 seed=self.seed)
+                                 seed=self.seed, block_rows=rows)
         else:
-            batches = iter_records(reader, lo, hi)
+            batches = iter_records(reader, lo, hi, block_rows=rows)
         for batch in batches:
             yield BlockAccessor.batch_to_block(batch)
 
@@ -88,7 +91,15 @@ class CacheDatasource(Datasource):
     def get_name(self):
         return "TrajectoryCache"
 
+    def num_tasks(self):
+        return sum(1 for _ in self._ranges())
+
 
 def cache_dataset(cache, pairs=True, K=None, epoch=0, seed=0, records_per_task=None, **read_args):
-    """The cache as a `ray.data.Dataset` (see the module docstring for the rows); `read_args` go to read_datasource."""
-    return ray.data.read_datasource(CacheDatasource(cache, pairs, K, epoch, seed, records_per_task), **read_args)
+    """The cache as a `ray.data.Dataset` (see the module docstring for the rows); `read_args` go to read_datasource.
+
+    One output block per read task unless `override_num_blocks` says otherwise (Ray would split them otherwise).
+    """
+    source = CacheDatasource(cache, pairs, K, epoch, seed, records_per_task)
+    read_args.setdefault("override_num_blocks", source.num_tasks())
+    return ray.data.read_datasource(source, **read_args)
