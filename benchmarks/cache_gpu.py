@@ -6,8 +6,8 @@
 
 Both sides run the teacher's fast path (bf16 autocast, channels_last, torch.compile on CUDA) over full 18-point
 trajectories (noise-mode records: n = 0, 34 NFE each) at the same batch. Bare: `heun_trajectory` on the device,
-nothing kept. Ray: `generate_cache` with one teacher actor per GPU (the pipeline's own draws, host copies, Arrow
-blocks, Zarr writes and commits), timed end to end for `--records` and for a quarter of them into fresh caches
+nothing kept. Ray: `generate_cache` with `--actors-per-gpu` teacher actors sharing the one GPU (the pipeline's own
+draws, host copies, Arrow blocks, Zarr writes and commits), timed end to end for `--records` and for a quarter of them into fresh caches
 after a warm-up run; the difference is the marginal rate, free of actor start-up and compilation. Target: marginal
 ≥ 90% of bare. Needs ray and zarr on the GPU machine (../shared/tools/device-bundle packs them).
 """
@@ -79,6 +79,8 @@ def main(argv=None):
     p.add_argument("--records", type=int, default=16384)
     p.add_argument("--shard", type=int, default=2048)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--actors-per-gpu", type=int, default=2,
+                   help="teacher actors sharing the GPU, so that one's host work overlaps the other's solves")
     p.add_argument("--root", help="cache folder (default: a temporary folder on local disk)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -98,7 +100,8 @@ def main(argv=None):
         def config(records, seed):
             return load_config(overrides=[f"cache.root={root}", "cache.mode=noise", f"cache.num_records={records}",
                                           f"cache.records_per_shard={args.shard}", f"cache.batch_size={args.batch}",
-                                          "cache.num_actors=1", "cache.gpus_per_actor=1", f"cache.seed={seed}",
+                                          f"cache.num_actors={args.actors_per_gpu}",
+                                          f"cache.gpus_per_actor={1 / args.actors_per_gpu}", f"cache.seed={seed}",
                                           "teacher.kind=edm", f"teacher.path={args.pkl or 'random-weights-seed0'}"])
 
         ray.init(include_dashboard=False, log_to_driver=False)
@@ -108,7 +111,7 @@ def main(argv=None):
     marginal = (args.records - small) / (t_large - t_small)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"{args.net} DDPM++ teacher on {name}, batch {args.batch}, 18-point trajectories (34 NFE), fast path "
-          f"{'on' if device == 'cuda' else 'off (CPU)'}")
+          f"{'on' if device == 'cuda' else 'off (CPU)'}, {args.actors_per_gpu} teacher actor(s) per GPU")
     print(f"bare fast solver                     {bare:9.1f} images/s")
     print(f"Ray Data -> Zarr, marginal           {marginal:9.1f} images/s   {marginal / bare:6.1%} of bare "
           f"(target >= 90%; {small} -> {args.records} records)")

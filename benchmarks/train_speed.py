@@ -61,6 +61,8 @@ def teacher_and_images(args):
 
 def step_level(args):
     torch.manual_seed(0)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     teacher, images, labels, architecture = teacher_and_images(args)
     cfg = load_config(overrides=[f"student.architecture={architecture}", f"train.distance={args.distance}",
                                  f"train.batch_size={args.batch}", "train.teacher_mode=online"])
@@ -149,6 +151,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=3, help="--level step: untimed steps first")
+    p.add_argument("--threads", type=int, default=1, help="--level step on the CPU: torch threads (a Train worker "
+                                                          "with one CPU gets one)")
     p.add_argument("--log-every", type=int, default=10, help="--level ray: the samples/s window")
     p.add_argument("--workers", type=int, default=1, help="--level ray: Train workers")
     p.add_argument("--records", type=int, default=2048, help="--level ray: cache records")

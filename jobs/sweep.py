@@ -1,7 +1,7 @@
 """Sweep the training config (loss weights, GAN start, learning rate ...) with Ray Tune, ASHA on the FID that the
 evaluation actors report every sweep.report_every steps.
 
-    python -m jobs.sweep --config jobs/configs/digits.yaml --set 'sweep.search_space={train.lr: {loguniform: [1e-4, 1e-3]}}'
+    python -m jobs.sweep --config jobs/configs/digits.yaml --set 'sweep.search_space={train.lr: {choice: [1e-4, 4e-4]}}'
     ray job submit --working-dir . -- python -m jobs.sweep --config FILE [--set k=v ...] [--restore]
 
 Each trial trains its own Ray Train run (<sweep.storage_path>/<sweep.name>/train/<trial id>), all of them reading one

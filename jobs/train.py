@@ -1,6 +1,7 @@
 """Train a CTM student on Ray Train (CTM + DSM, then the GAN stage from train.gan_start).
 
-    python -m jobs.train --config jobs/configs/digits.yaml --set train.steps=2000 --set train.num_workers=2
+    python -m jobs.train --config jobs/configs/digits.yaml --set train.steps=2000 --set train.num_workers=2 \
+        --local-cpus 8
     ray job submit --working-dir . -- python -m jobs.train --config ... --set train.storage_path=s3://bucket/runs
 
 Runs on the cluster `ray.init()` finds (RAY_ADDRESS under `ray job submit`, else a local one). Rerunning the same
@@ -24,6 +25,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: the embedded digits default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
+    p.add_argument("--local-cpus", type=int, help="start a private local Ray with this many logical CPUs instead of "
+                                                  "connecting to a running cluster (e.g. 8 on a 2-core laptop)")
     return p.parse_args(argv)
 
 
@@ -36,7 +39,10 @@ def main(argv=None):
         return 2
     print(cfg.dump(), flush=True)
     if not ray.is_initialized():
-        ray.init()
+        if args.local_cpus:
+            ray.init(address="local", num_cpus=args.local_cpus, include_dashboard=False)
+        else:
+            ray.init()  # RAY_ADDRESS under `ray job submit`, a `ray start` head, else a new local cluster
     try:
         result = run_training(cfg)
     except (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError) as e:

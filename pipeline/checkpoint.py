@@ -16,7 +16,8 @@ from ctm.student import CTMPrecond
 from pipeline.config import load_config
 
 CHECKPOINT_FILE = "checkpoint.pt"
-PARTS = ("step", "config", "student_kwargs", "student", "target", "ema", "discriminator", "opt_G", "opt_D", "rng", "data")
+PARTS = ("step", "config", "student_kwargs", "student", "target", "ema", "discriminator", "opt_G", "opt_D", "rng",
+         "data")
 
 
 def save_checkpoint(directory, **parts):
@@ -39,7 +40,8 @@ def checkpoint_file(path):
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}: expected a checkpoint directory holding "
-                                f"{CHECKPOINT_FILE} (e.g. <storage_path>/<run_name>/checkpoint_0001000) or the file itself")
+                                f"{CHECKPOINT_FILE} (e.g. <storage_path>/<run_name>/checkpoint_0001000) or the "
+                                "file itself")
     return file
 
 

@@ -59,7 +59,6 @@ def teacher_path(tmp_path):
 
 def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_path, teacher_path, capsys):
     root = tmp_path / "cache"
-    T0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "jobs.generate_trajectories", *arguments(root, teacher_path)],
                             cwd=REPO, env=environment(ray_cluster), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -69,14 +68,12 @@ def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_pat
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    import sys as _s; _s.__stderr__.write(f"TIMING killed at {time.time()-T0:.1f}\n")
     folder, entries = committed(root)
     assert 1 <= len(entries) < RECORDS // R, "the run must be killed after a commit and before the end"
     before = files(folder, entries)
 
     assert main(arguments(root, teacher_path)) == 0
     out = capsys.readouterr().out
-    _s.__stderr__.write(f"TIMING rerun done at {time.time()-T0:.1f}\n")
     assert "teacher:\n  kind: gmm" in out and out.strip().endswith(f"cache: {folder}")  # the config, then the cache
 
     _, after = committed(root)
@@ -91,7 +88,6 @@ def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_pat
     assert capsys.readouterr().out.strip().endswith("OK")
     assert main(["describe", "--cache", str(folder)]) == 0
     assert f"records   {RECORDS} in {RECORDS // R} shards of {R}" in capsys.readouterr().out
-    _s.__stderr__.write(f"TIMING checks at {time.time()-T0:.1f}\n")
     (folder / after[7]["path"] / "start/c/0").write_bytes(b"\0" * 8)  # cut short
     assert main(["verify", "--cache", str(folder), "--quick"]) == 1
     out = capsys.readouterr().out

@@ -71,7 +71,8 @@ def test_cached_run_on_ray_train(caches, tmp_path):
     assert sorted(p.name for p in run.glob("checkpoint_0*")) == ["checkpoint_0000003", "checkpoint_0000006"]
     lines = (run / "stats.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [3, 6]
-    assert {p.name for p in (run / "samples").iterdir()} == {f"step_000000{s}_nfe{n}.png" for s in (3, 6) for n in (1, 2)}
+    grids = {f"step_000000{s}_nfe{n}.png" for s in (3, 6) for n in (1, 2)}
+    assert {p.name for p in (run / "samples").iterdir()} == grids
     G, run_cfg = load_student(result.checkpoint.path, ema_rate=0.9)
     assert run_cfg.train.teacher_mode == "cached" and not G.training
     with torch.no_grad():

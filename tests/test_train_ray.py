@@ -30,9 +30,10 @@ def teacher_path(tmp_path_factory):
 
 
 def config(tmp_path, teacher_path, *overrides):
-    return load_config(overrides=[f"teacher.path={teacher_path}", "student.architecture=tiny", "train.distance=l2", "train.teacher_mode=online",
-                                  "train.batch_size=8", "train.micro_batch=4", "train.ema_rates=[0.9]",
-                                  f"train.storage_path={tmp_path}", "train.num_to_keep=10", *overrides])
+    return load_config(overrides=[f"teacher.path={teacher_path}", "student.architecture=tiny", "train.distance=l2",
+                                  "train.teacher_mode=online", "train.batch_size=8", "train.micro_batch=4",
+                                  "train.ema_rates=[0.9]", f"train.storage_path={tmp_path}", "train.num_to_keep=10",
+                                  *overrides])
 
 
 def reference_student(cfg):
@@ -59,7 +60,8 @@ def test_a_dying_worker_and_a_killed_job_resume_from_the_last_checkpoint(ray_clu
     at step 8 with every checkpoint and log line exactly once and the weights of an uninterrupted run."""
     common = ["train.steps=8", "train.checkpoint_every=2", "train.log_every=2", "train.run_name=ft"]
     with pytest.raises(ray.train.TrainingFailedError):
-        run_training(config(tmp_path, teacher_path, *common, "train.fail_at_step=5", "train.max_failures=0"), log=lambda *a: None)
+        run_training(config(tmp_path, teacher_path, *common, "train.fail_at_step=5", "train.max_failures=0"),
+                     log=lambda *a: None)
     run = tmp_path / "ft"
     assert sorted(p.name for p in run.glob("checkpoint_0*")) == ["checkpoint_0000002", "checkpoint_0000004"]
     cfg = config(tmp_path, teacher_path, *common, "train.fail_at_step=7", "train.max_failures=1")
@@ -76,7 +78,8 @@ def test_a_dying_worker_and_a_killed_job_resume_from_the_last_checkpoint(ray_clu
 def test_two_ddp_workers_match_one_worker(ray_cluster, teacher_path, tmp_path):
     """Global batch 8 as two workers × one micro-batch of 4 (DDP, gloo) against one worker × two micro-batches of 4:
     the same draws and the same summed gradient, so the same parameters after 3 steps."""
-    cfg = config(tmp_path, teacher_path, "train.steps=3", "train.checkpoint_every=3", "train.num_workers=2", "train.run_name=ddp")
+    cfg = config(tmp_path, teacher_path, "train.steps=3", "train.checkpoint_every=3", "train.num_workers=2",
+                 "train.run_name=ddp")
     result = run_training(cfg, log=lambda *a: None)
     parts = load_checkpoint(result.checkpoint.path)
     assert parts["step"] == 3

@@ -149,8 +149,10 @@ def generate_cache(cfg, teacher_factory=None, repair=False, log=print):
                             fn_constructor_kwargs={"cfg": cfg, "teacher_factory": factory, "fields": fields,
                                                    "device": device},
                             compute=ray.data.ActorPoolStrategy(size=min(cfg.cache.num_actors, len(rows))), **resources)
-        # writers reserve no CPU: the teacher actors may hold every CPU (writing is light and overlaps the solves)
-        ds.write_datasink(ShardSink(store, manifest["key"], committer), ray_remote_args={"num_cpus": 0})
+        # writers reserve no CPU, since the teacher actors may hold every CPU (writing a shard is light next to
+        # solving it), and run one per actor, since each new writer is a new worker process
+        ds.write_datasink(ShardSink(store, manifest["key"], committer), ray_remote_args={"num_cpus": 0},
+                          concurrency=min(cfg.cache.num_actors, len(rows)))
         ray.kill(committer)
     manifest = store.read_json(MANIFEST)
     remove_leftovers(store, manifest)

@@ -98,7 +98,7 @@ def make_records(spec, teacher, images, labels, indices, batch_size, device="cpu
         class_labels = (torch.nn.functional.one_hot(label[sl], spec.label_dim).float().to(device)
                         if spec.conditional else None)
         s = heun_from_starts(teacher.denoise, x_start[sl].to(device), n[sl].to(device), spec.grid, class_labels)
-        states.append(s.to("cpu", STORAGE_DTYPES[spec.dtype]))
+        states.append(s.to(STORAGE_DTYPES[spec.dtype]).cpu())  # cast on the device: half the bytes to copy
     return {
         "states": torch.cat(states).numpy(),
         "start": n.numpy().astype(np.int64),

@@ -73,6 +73,14 @@ def check_search_space(cfg):
                 raise ConfigError(f"{where}: {kind} can give {value!r}, which is refused: {e}") from None
 
 
+def num_trials(cfg):
+    """Trials the sweep makes: sweep.num_samples draws, each crossed with every grid_search value."""
+    n = cfg.sweep.num_samples
+    for spec in cfg.sweep.search_space.values():
+        n *= len(spec.get("grid_search", [None]))
+    return n
+
+
 def param_space(cfg):
     """Tune's param_space for sweep.search_space (checked first): {dotted key: Tune domain or grid}."""
     check_search_space(cfg)

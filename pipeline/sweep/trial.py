@@ -94,8 +94,8 @@ def run_trial(params, base, pool, train_root, teacher=None):
         result = run_training(chunk_config(cfg, done, stop))
         trained = time.perf_counter()
         evaluation = score(pool, result.checkpoint, setting, cfg.eval.ema_rate)
-        metrics = {"fid": evaluation["fid"], "step": evaluation["model"]["step"], "checkpoint_path": result.checkpoint.path,
-                   "train_seconds": round(trained - started, 3),
+        metrics = {"fid": evaluation["fid"], "step": evaluation["model"]["step"],
+                   "checkpoint_path": result.checkpoint.path, "train_seconds": round(trained - started, 3),
                    "eval_seconds": round(time.perf_counter() - trained, 3)}
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, TRIAL_FILE).write_text(json.dumps({**metrics, "evaluation": evaluation}, default=str))

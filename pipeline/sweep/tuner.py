@@ -19,7 +19,7 @@ from pipeline.evaluation import EvaluatorPool
 from pipeline.teachers import build_teacher
 from pipeline.train.rundir import RunDir
 
-from .space import check_search_space, param_space
+from .space import check_search_space, num_trials, param_space
 from .summary import best_trial, format_table, trial_summary, write_best
 from .trial import milestones, run_trial
 
@@ -119,8 +119,8 @@ def run_sweep(cfg, restore=False, callbacks=(), log=print):
         grid = tuner.fit()
     finally:
         pool.shutdown()
-    complete = grid.num_terminated + grid.num_errors == len(grid)
-    trials = [trial_summary(r, cfg.train.steps, complete) for r in grid]
+    complete = len(grid) == num_trials(cfg) and grid.num_terminated + grid.num_errors == len(grid)
+    trials = sorted((trial_summary(r, cfg.train.steps, complete) for r in grid), key=lambda t: t["trial_id"])
     log(format_table(trials))
     best = best_trial(trials) if complete else None
     best_cfg = write_best(exp, grid, trials, best, cfg, train_root) if best else None

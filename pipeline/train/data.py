@@ -42,7 +42,7 @@ class OnlineBatches:
         return self._perms[epoch]
 
     def indices(self, step):
-        """Dataset indices of this worker's share: positions step·B + rank·share + i of the epoch-wise permutations."""
+        """Dataset indices of this worker's share: positions step·B + rank·share + i of the epochs' permutations."""
         p = step * self.B + self.rank * self.share + torch.arange(self.share)
         M = len(self.images)
         epochs = p // M
@@ -120,8 +120,8 @@ def first_epoch(step, batch_size, num_records):
 class CacheEpochs:
     """TorchTrainer's cached-mode dataset, a callable it calls at each worker-group start (the first and every
     restart): cache epochs e0, e0+1, ... up to the run's last step as one stream, k redrawn given n and the shard
-    order reshuffled each epoch (seeded by train.seed). e0 holds the newest checkpoint of the run directory, so a resumed run reads at most one
-    epoch it does not use; the resumed workers skip the rows they had used of it."""
+    order reshuffled each epoch (seeded by train.seed). e0 holds the newest checkpoint of the run directory, so a
+    resumed run reads at most one epoch it does not use; the resumed workers skip the rows they had used of it."""
 
     def __init__(self, cfg, cache):
         self.cfg, self.cache = cfg, cache

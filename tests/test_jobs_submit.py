@@ -1,0 +1,80 @@
+"""generate → train → evaluate submitted with the Ray Jobs SDK to a real head node started by `ray start`."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    dashboard = free_port()
+    start = [ray, "start", "--head", "--num-cpus=8", "--num-gpus=0", f"--port={free_port()}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+             f"--temp-dir={tmp_path / 'ray'}"]
+    try:
+        subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def submit_and_wait(client, entrypoint, timeout=600):
+    from ray.job_submission import JobStatus
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={
+        "working_dir": str(ROOT), "excludes": [".venv", "runs", ".git", "tests/fixtures"],
+        "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    deadline = time.time() + timeout
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline, f"{entrypoint} did not finish:\n{client.get_job_logs(job)[-3000:]}"
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    return status, logs
+
+
+def test_generate_train_evaluate_as_submitted_jobs(head_node, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    client = JobSubmissionClient(head_node)
+    sets = " ".join(f"--set {kv}" for kv in [
+        f"cache.root={tmp_path / 'cache'}", "cache.num_records=192", "cache.records_per_shard=96",
+        "cache.num_actors=1", f"train.storage_path={tmp_path / 'train'}", "train.steps=12", "train.batch_size=16",
+        "train.checkpoint_every=6", "train.gan_start=8", "train.log_every=4", f"eval.out={tmp_path / 'eval'}",
+        "eval.num_samples=200", "eval.nfe=[1,2]", "eval.gammas=[0.0]"])
+
+    status, logs = submit_and_wait(client, f"python -m jobs.generate_trajectories {sets}")
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    manifests = list((tmp_path / "cache").glob("*/manifest.json"))
+    assert len(manifests) == 1 and "cache:" in logs
+
+    status, logs = submit_and_wait(client, f"python -m jobs.train {sets}")
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    checkpoints = sorted((tmp_path / "train").glob("*/checkpoint*/checkpoint.pt"))
+    assert checkpoints, logs[-3000:]
+    newest = max(checkpoints, key=lambda p: p.stat().st_mtime).parent
+
+    status, logs = submit_and_wait(client, f"python -m jobs.evaluate {sets} --checkpoint {newest}")
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {r["setting"]["nfe"] for r in results["results"]} == {1, 2}
+    assert (tmp_path / "eval" / "report.md").exists() and "report:" in logs
+
+    status, logs = submit_and_wait(client, f"python -m jobs.train {sets} --set train.batch_size=15 "
+                                           "--set train.num_workers=2")
+    assert status == JobStatus.FAILED and "train.batch_size" in logs  # a clear error, non-zero exit
