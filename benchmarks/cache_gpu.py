@@ -2,14 +2,14 @@
 
     python -m benchmarks.cache_gpu                                   # random weights, paper-size DDPM++ (55.7M)
     python -m benchmarks.cache_gpu --pkl edm-cifar10-32x32-uncond-vp.pkl
-    python -m benchmarks.cache_gpu --net tiny --records 96 --batch 16   # CPU smoke test of the logic (no GPU)
+    python -m benchmarks.cache_gpu --net tiny --records 128 --shard 32 --batch 16   # CPU smoke test of the logic
 
 Both sides run the teacher's fast path (bf16 autocast, channels_last, torch.compile on CUDA) over full 18-point
 trajectories (noise-mode records: n = 0, 34 NFE each) at the same batch. Bare: `heun_trajectory` on the device,
 nothing kept. Ray: `generate_cache` with `--actors-per-gpu` teacher actors sharing the one GPU (the pipeline's own
-draws, host copies, Arrow blocks, Zarr writes and commits), timed end to end for `--records` and for a quarter of them into fresh caches
-after a warm-up run; the difference is the marginal rate, free of actor start-up and compilation. Target: marginal
-≥ 90% of bare. Needs ray and zarr on the GPU machine (../shared/tools/device-bundle packs them).
+draws, host copies, Arrow blocks, Zarr writes and commits), timed end to end for `--records` and for a quarter of
+them into fresh caches after a warm-up run; the difference is the marginal rate, free of actor start-up and
+compilation. Target: marginal ≥ 90% of bare. Needs ray and zarr installed on the GPU machine.
 """
 
 import argparse

@@ -59,8 +59,9 @@ def teacher_path(tmp_path):
 
 def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_path, teacher_path, capsys):
     root = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.generate_trajectories", *arguments(root, teacher_path)],
-                            cwd=REPO, env=environment(ray_cluster), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli = [sys.executable, "-m", "jobs.generate_trajectories", *arguments(root, teacher_path)]
+    proc = subprocess.Popen(cli, cwd=REPO, env=environment(ray_cluster), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not committed(root)[1]:

@@ -14,6 +14,7 @@ from ray import tune
 from jobs.sweep import main as sweep_main
 from pipeline.checkpoint import load_student
 from pipeline.config import ConfigError, load_config
+from pipeline.evaluation import EvaluatorPool
 from pipeline.sweep import check_search_space, milestones, param_space, run_sweep, trial_config
 from pipeline.sweep.space import num_trials
 from pipeline.sweep.trial import chunk_config
@@ -89,50 +90,55 @@ class InterruptAtFirstError(tune.Callback):
 
 
 def finished_trial_files(exp, trial_id):
-    """Bytes and mtimes of everything a finished trial wrote (its Tune folder and its Train run)."""
-    files = [p for d in (exp / f"trial_{trial_id}", exp / "train" / trial_id) for p in sorted(d.rglob("*"))
-             if p.is_file()]
-    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    """What a finished trial wrote: its Train run (bytes and mtimes), its reports and Tune checkpoints (bytes: Tune
+    rewrites its own logs on restore)."""
+    trial = exp / f"trial_{trial_id}"
+    run = {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in (exp / "train" / trial_id).rglob("*") if p.is_file()}
+    tune_files = {str(p): p.read_bytes() for p in [trial / "result.json", *trial.glob("checkpoint_*/*")]}
+    return run, tune_files
 
 
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
+    """The shared sweep: run until the injected failure interrupts it, then restored to the end."""
     root = tmp_path_factory.mktemp("sweep")
     cfg = sweep_config(root)
-    quiet = lambda *a: None
-    first = run_sweep(cfg, callbacks=[InterruptAtFirstError()], log=quiet)
-    exp = root / "s"
-    done = first["trials"][0]["trial_id"]
-    before = finished_trial_files(exp, done)
-    second = run_sweep(cfg, restore=True, log=quiet)
-    return cfg, exp, first, before, second
+    exp, quiet, pool = root / "s", lambda *a: None, EvaluatorPool(cfg)
+    try:
+        first = run_sweep(cfg, callbacks=[InterruptAtFirstError()], pool=pool, log=quiet)
+        state = {"cfg": cfg, "exp": exp, "first": first, "best_saved_early": (exp / "best.json").exists(),
+                 "before": finished_trial_files(exp, first["trials"][0]["trial_id"])}
+        state["second"] = run_sweep(cfg, restore=True, pool=pool, log=quiet)
+    finally:
+        pool.shutdown()
+    return state
 
 
 def test_an_injected_trial_failure_leaves_the_other_trials_intact(sweep):
-    cfg, exp, first, _, _ = sweep
+    exp, first = sweep["exp"], sweep["first"]
     t0, t1, *unstarted = first["trials"]  # Tune draws the third trial only once a slot is free
     assert [t["status"] for t in first["trials"]] == ["done", "error"] + ["not done"] * len(unstarted)
     assert not first["complete"]
-    assert t1["params"]["train.fail_at_step"] == 0 and "TrainingFailedError" in t1["error"] and t1["fid"] is None
+    assert t1["params"]["train.fail_at_step"] == 0 and "WorkerGroupError" in t1["error"] and t1["fid"] is None
     assert t0["step"] == 2 and math.isfinite(t0["fid"]) and t0["checkpoint"].endswith("checkpoint_0000002")
-    assert sorted(p.name for p in (exp / "train" / t0["trial_id"]).glob("checkpoint_*")) == \
+    assert sorted(p.name for p in (exp / "train" / t0["trial_id"]).glob("checkpoint_0*")) == \
         ["checkpoint_0000001", "checkpoint_0000002"]
-    assert first["best"] is None and not (exp / "best.json").exists()
+    assert first["best"] is None and not sweep["best_saved_early"]
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep):
-    cfg, exp, first, before, second = sweep
+    exp, first, second = sweep["exp"], sweep["first"], sweep["second"]
     assert second["complete"] and len(second["trials"]) == 3
     assert [t["trial_id"] for t in second["trials"][:2]] == [t["trial_id"] for t in first["trials"][:2]]
     t0, t1, t2 = second["trials"]
-    assert finished_trial_files(exp, t0["trial_id"]) == before  # not rerun: nothing it wrote was touched
+    assert finished_trial_files(exp, t0["trial_id"]) == sweep["before"]  # not rerun: nothing it wrote changed
     results = (exp / f"trial_{t0['trial_id']}" / "result.json").read_text().splitlines()
     assert [json.loads(r)["training_iteration"] for r in results] == [1, 2]
     assert t1["status"] == "error" and t2["status"] in ("done", "stopped") and math.isfinite(t2["fid"])
 
 
 def test_the_sweep_reports_fid_per_trial_and_saves_the_best(sweep):
-    cfg, exp, _, _, second = sweep
+    cfg, exp, second = sweep["cfg"], sweep["exp"], sweep["second"]
     t0, _, t2 = second["trials"]
     assert t0["params"]["train.lr"] != t2["params"]["train.lr"]  # seeded random draws, one per trial
     best = min((t0, t2), key=lambda t: t["fid"])
@@ -148,10 +154,11 @@ def test_the_sweep_reports_fid_per_trial_and_saves_the_best(sweep):
     G, run_cfg = load_student(best["checkpoint"], ema_rate=0.9)
     assert run_cfg.train.lr == best_cfg.train.lr and not G.training
     assert yaml.safe_load((exp / "config.yaml").read_text()) == yaml.safe_load(cfg.dump())
+    assert len(list((exp.parent / "cache").iterdir())) == 1  # one trajectory cache, generated once, read by all
 
 
 def test_restore_refuses_another_config_and_a_missing_sweep(sweep, tmp_path, capsys):
-    cfg, exp, *_ = sweep
+    exp = sweep["exp"]
     with pytest.raises(ConfigError, match="train.lr differ"):
         run_sweep(load_config(exp / "config.yaml", ["train.lr=1e-3"]), restore=True)
     assert sweep_main(["--restore", "--set", f"sweep.storage_path={tmp_path}",

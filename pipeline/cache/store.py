@@ -54,9 +54,6 @@ class CacheStore:
                                                  read_only=read_only)
 
     # ---- objects ------------------------------------------------------------------------------------------------
-    def exists(self, rel):
-        return self.fs.exists(self.full(rel))
-
     def read_bytes(self, rel):
         return self.fs.cat_file(self.full(rel))
 

@@ -1,17 +1,21 @@
 """What a finished sweep hands over: one line per trial, the best trial, and best.json + best_config.yaml."""
 
 import json
+import re
 
 from .trial import read_pointer, trial_config
+
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\w*: ")
 
 def trial_id(result):
     return result.metrics.get("trial_id") or str(result.path).rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
 
 
 def error_line(error):
-    """The last line of a trial's error: the exception that ended it (the rest is a traceback)."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
+    """The line of a trial's error that names the exception that ended it (the rest is tracebacks and details)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    named = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return named[-1] if named else next((line for line in reversed(lines) if line), type(error).__name__)
 
 
 def trial_summary(result, steps, complete):

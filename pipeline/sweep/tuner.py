@@ -82,9 +82,10 @@ def new_tuner(cfg, trainable, storage_path, filesystem, callbacks):
     )
 
 
-def run_sweep(cfg, restore=False, callbacks=(), log=print):
+def run_sweep(cfg, restore=False, callbacks=(), pool=None, log=print):
     """Run the sweep cfg.sweep names, or continue it (unfinished trials resume from their last report; finished and
-    failed ones are kept as they are). restore=True refuses to start a new sweep.
+    failed ones are kept as they are). restore=True refuses to start a new sweep. callbacks: Tune callbacks. pool: an
+    EvaluatorPool for cfg to score the trials with (default: one started here and shut down at the end).
 
     Returns {"path", "complete", "trials", "best", "best_config"}; "best" (the trial with the lowest last FID among
     those that did not fail) and "best_config" are None until every trial has ended.
@@ -107,7 +108,8 @@ def run_sweep(cfg, restore=False, callbacks=(), log=print):
         ensure_cache(cfg, log)
     train_root = f"{exp.path if filesystem is None else exp.url}/train"
     fitted = build_teacher(cfg) if cfg.teacher.kind == "gmm" and cfg.teacher.path is None else None
-    pool = EvaluatorPool(cfg)
+    own_pool = pool is None
+    pool = EvaluatorPool(cfg) if own_pool else pool
     try:
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=cfg.to_dict(), pool=pool,
                                                              train_root=train_root, teacher=fitted),
@@ -118,7 +120,8 @@ def run_sweep(cfg, restore=False, callbacks=(), log=print):
             tuner = new_tuner(cfg, trainable, storage_path, filesystem, callbacks)
         grid = tuner.fit()
     finally:
-        pool.shutdown()
+        if own_pool:
+            pool.shutdown()
     complete = len(grid) == num_trials(cfg) and grid.num_terminated + grid.num_errors == len(grid)
     trials = sorted((trial_summary(r, cfg.train.steps, complete) for r in grid), key=lambda t: t["trial_id"])
     log(format_table(trials))

@@ -8,6 +8,7 @@ ray.train.report at each checkpoint (it is a barrier); only rank 0 passes the ch
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 
@@ -28,6 +29,13 @@ from pipeline.train.state import build_state, load_weights, resume, state_parts
 from pipeline.train.step import CTMStep, is_discriminator_step
 
 SAMPLE_GRID = 64
+
+
+def say(line):
+    """One line to the worker's stdout, which Ray forwards to the driver (Train V2's patched print would send it
+    there twice: to stdout and through its logger)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def needs_teacher(cfg, restoring):
@@ -72,14 +80,13 @@ class ProgressLog:
         old = run.read_text("stats.jsonl") or ""
         self.lines = [line for line in old.splitlines() if line and json.loads(line)["step"] <= start_step]
         self.window_start, self.window_steps, self.busy = time.perf_counter(), 0, 0.0
-        self.last = {}
 
     def pause(self, seconds):
         """Time spent checkpointing and sampling, left out of samples/s."""
         self.busy += seconds
 
     def step(self, step, stats, lr, lr_d, device):
-        self.last.update(stats)
+        """Count a step; at a log step, a line with stats (the latest G and D step's losses and λ's)."""
         self.window_steps += 1
         if step % self.cfg.train.log_every and step != self.cfg.train.steps:
             return
@@ -87,12 +94,11 @@ class ProgressLog:
         rss, cuda = peak_memory_mb(device)
         record = {"step": step, "time": round(time.time(), 3),
                   "samples_per_s": round(self.window_steps * self.cfg.train.batch_size / max(elapsed, 1e-9), 2),
-                  **{k: round(v, 6) for k, v in self.last.items()}, "lr": lr, "lr_d": lr_d,
+                  **{k: round(v, 6) for k, v in stats.items()}, "lr": lr, "lr_d": lr_d,
                   "peak_rss_mb": rss, "peak_cuda_mb": cuda}
         self.lines.append(json.dumps(record))
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in self.last.items())
-        print(f"step {step}/{self.cfg.train.steps}  {record['samples_per_s']:.1f} samples/s  {shown}  lr {lr:.3g}",
-              flush=True)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
+        say(f"step {step}/{self.cfg.train.steps}  {record['samples_per_s']:.1f} samples/s  {shown}  lr {lr:.3g}")
         self.window_start, self.window_steps, self.busy = time.perf_counter(), 0, 0.0
 
     def flush(self):
@@ -163,7 +169,7 @@ def train_loop_per_worker(config):
     step_fn = CTMStep(cfg, grid, teacher, device, rank, world_size)
     log = ProgressLog(run, cfg, state.step) if rank == 0 else None
     if rank == 0:
-        print(f"[train] {how}; {world_size} worker(s) on {device}; run directory {run.url}", flush=True)
+        say(f"[train] {how}; {world_size} worker(s) on {device}; run directory {run.url}")
     stats = {}
     while state.step < t.steps:
         maybe_fail(cfg, run, state.step, rank)

@@ -40,22 +40,19 @@ def check_cache(cfg):
     return cache
 
 
-def preflight(cfg, dataset=None):
-    """Everything that can be refused before a worker starts. Returns (train_loop_config, datasets).
-
-    dataset: a Ray Dataset with the cache's row schema (x0, label, index, n, k, x_t, x_u) to train on in cached mode
-    instead of the cache the config names.
-    """
+def preflight(cfg):
+    """Everything that can be refused before a worker starts. Returns (train_loop_config, datasets)."""
     teacher = build_teacher(cfg)
     kwargs = student_kwargs(cfg, teacher)
+    if kwargs["label_dim"] and not cfg.data.use_labels:
+        raise ConfigError(f"config key 'data.use_labels': the student is class-conditional ({kwargs['label_dim']} "
+                          "labels, like its teacher); set data.use_labels=true")
     num_records, datasets = None, {}
     if cfg.train.teacher_mode == "online":
         shape = tuple(check_dataset(cfg.data)["image_shape"])
         if shape != teacher_image_shape(teacher):
             raise ConfigError(f"config key 'data.name': images of {cfg.data.name} are {shape}, the teacher's "
                               f"{teacher_image_shape(teacher)}")
-    elif dataset is not None:
-        num_records, datasets = dataset.count(), {"train": dataset}
     else:
         cache = check_cache(cfg)
         num_records, datasets = cache.num_records, {"train": CacheEpochs(cfg, cache)}
@@ -86,13 +83,13 @@ def build_trainer(cfg, loop_config, datasets):
     )
 
 
-def run_training(cfg, dataset=None, log=print):
+def run_training(cfg, log=print):
     """Train (or continue) the run <train.storage_path>/<train.run_name>; returns Ray Train's Result.
 
     Raises before any step for bad input; ray.train.TrainingFailedError when workers failed more than
     train.max_failures times.
     """
-    loop_config, datasets = preflight(cfg, dataset)
+    loop_config, datasets = preflight(cfg)
     run = RunDir(cfg.train.storage_path, cfg.train.run_name, cfg.train.storage_options)
     done = run.checkpoint_steps()
     log(f"[train] run directory {run.url}" + (f" (continuing; newest checkpoint at step {done[-1]})" if done else ""))
