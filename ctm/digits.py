@@ -1,6 +1,7 @@
 """The embedded default's data: scikit-learn's 1,797 8×8 digits, scaled to [−1, 1], and its mixture teacher."""
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .teachers.gmm import GaussianMixtureTeacher
 
@@ -14,6 +15,11 @@ def load_digits_images():
 
 
 def fit_digits_teacher(n_components=10, reg_covar=1e-3, seed=0):
-    """The default teacher: a full-covariance mixture fitted to the digits (~10 components draw digits; DESIGN.md)."""
+    """The default teacher: a full-covariance mixture fitted to the digits (~10 components draw digits; DESIGN.md).
+
+    Fitted on one BLAS thread: EM's rounding (and so the teacher's digest, part of every cache key) would otherwise
+    depend on how many threads the process that fits it has, e.g. a Ray worker against the driver.
+    """
     images, _ = load_digits_images()
-    return GaussianMixtureTeacher.fit(images, n_components=n_components, reg_covar=reg_covar, seed=seed)
+    with threadpool_limits(1):
+        return GaussianMixtureTeacher.fit(images, n_components=n_components, reg_covar=reg_covar, seed=seed)

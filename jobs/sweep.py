@@ -1,7 +1,7 @@
 """Sweep the training config (loss weights, GAN start, learning rate ...) with Ray Tune, ASHA on the FID that the
 evaluation actors report every sweep.report_every steps.
 
-    python -m jobs.sweep --config jobs/configs/digits.yaml --set 'sweep.search_space={train.lr: {choice: [1e-4, 4e-4]}}'
+    python -m jobs.sweep --config FILE --set 'sweep.search_space={train.lr: {choice: [1e-4, 4e-4]}}' --local-cpus 8
     ray job submit --working-dir . -- python -m jobs.sweep --config FILE [--set k=v ...] [--restore]
 
 Each trial trains its own Ray Train run (<sweep.storage_path>/<sweep.name>/train/<trial id>), all of them reading one
@@ -20,8 +20,7 @@ from pipeline.cache import CacheError
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets import DatasetError
 from pipeline.evaluation.features import check_features
-from pipeline.sweep import check_search_space, run_sweep
-from pipeline.sweep.tuner import check_reports
+from pipeline.sweep import check_sweep, run_sweep
 
 
 def parse_args(argv=None):
@@ -29,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--config", help="YAML config (default: the embedded digits default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sweep.num_samples=8")
     p.add_argument("--restore", action="store_true", help="continue the sweep in <sweep.storage_path>/<sweep.name>")
+    p.add_argument("--local-cpus", type=int, help="start a private local Ray with this many logical CPUs instead of "
+                                                  "connecting to a running cluster (e.g. 8 on a 2-core laptop)")
     return p.parse_args(argv)
 
 
@@ -36,15 +37,17 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        check_search_space(cfg)
-        check_reports(cfg)
+        check_sweep(cfg)
         check_features(cfg)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(cfg.dump(), flush=True)
     if not ray.is_initialized():
-        ray.init()
+        if args.local_cpus:
+            ray.init(address="local", num_cpus=args.local_cpus, include_dashboard=False)
+        else:
+            ray.init()  # RAY_ADDRESS under `ray job submit`, a `ray start` head, else a new local cluster
     try:
         outcome = run_sweep(cfg, restore=args.restore)
     except (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError) as e:

@@ -80,6 +80,8 @@ def test_the_job_refuses_bad_input_before_anything_runs(tmp_path, capsys):
     assert sweep_main(["--set", "sweep.search_space={train.lr: {choice: [1e-4]}}", "--set", "sweep.grace_period=9",
                        "--set", "train.steps=4", "--set", "sweep.report_every=2"]) == 2
     assert "exceeds the 2 reports" in capsys.readouterr().err
+    assert sweep_main(["--set", "sweep.search_space={train.lr: {choice: [1e-4]}}", "--set", "eval.ema_rate=0.5"]) == 2
+    assert "config key 'eval.ema_rate'" in capsys.readouterr().err
 
 
 class InterruptAtFirstError(tune.Callback):

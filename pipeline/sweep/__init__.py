@@ -6,7 +6,7 @@
 from .space import check_search_space, param_space
 from .summary import best_trial, trial_summary
 from .trial import milestones, run_trial, trial_config
-from .tuner import ensure_cache, run_sweep
+from .tuner import check_sweep, ensure_cache, run_sweep
 
-__all__ = ["run_sweep", "check_search_space", "param_space", "milestones", "run_trial", "trial_config",
+__all__ = ["run_sweep", "check_sweep", "check_search_space", "param_space", "milestones", "run_trial", "trial_config",
            "ensure_cache", "best_trial", "trial_summary"]

@@ -7,6 +7,7 @@ from .trial import read_pointer, trial_config
 
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\w*: ")
 
+
 def trial_id(result):
     return result.metrics.get("trial_id") or str(result.path).rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
 

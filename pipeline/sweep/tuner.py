@@ -57,17 +57,22 @@ def check_same_config(exp, cfg):
                           "continue it with the same --config and --set, or start a new one with another sweep.name")
 
 
-def check_reports(cfg):
+def check_sweep(cfg):
+    """Refuse a sweep that cannot run (ConfigError naming the key) before anything starts; the reports per trial."""
+    check_search_space(cfg)
     reports = len(milestones(cfg.train.steps, cfg.sweep.report_every))
     if cfg.sweep.grace_period > reports:
         raise ConfigError(f"config key 'sweep.grace_period': {cfg.sweep.grace_period} exceeds the {reports} reports a "
                           f"trial makes (train.steps {cfg.train.steps} / sweep.report_every {cfg.sweep.report_every})")
+    if cfg.eval.ema_rate not in cfg.train.ema_rates:
+        raise ConfigError(f"config key 'eval.ema_rate': trials keep EMAs at train.ema_rates "
+                          f"{list(cfg.train.ema_rates)}, not {cfg.eval.ema_rate}; score one of those")
     return reports
 
 
 def new_tuner(cfg, trainable, storage_path, filesystem, callbacks):
     s = cfg.sweep
-    asha = ASHAScheduler(time_attr="training_iteration", max_t=check_reports(cfg), grace_period=s.grace_period,
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=check_sweep(cfg), grace_period=s.grace_period,
                          reduction_factor=s.reduction_factor)
     return tune.Tuner(
         trainable,
@@ -84,15 +89,15 @@ def new_tuner(cfg, trainable, storage_path, filesystem, callbacks):
 
 def run_sweep(cfg, restore=False, callbacks=(), pool=None, log=print):
     """Run the sweep cfg.sweep names, or continue it (unfinished trials resume from their last report; finished and
-    failed ones are kept as they are). restore=True refuses to start a new sweep. callbacks: Tune callbacks. pool: an
-    EvaluatorPool for cfg to score the trials with (default: one started here and shut down at the end).
+    failed ones are kept as they are). restore=True refuses to start a new sweep. callbacks: Tune callbacks of a new
+    sweep (a restored one keeps its own). pool: an EvaluatorPool for cfg to score the trials with (default: one
+    started here and shut down at the end).
 
     Returns {"path", "complete", "trials", "best", "best_config"}; "best" (the trial with the lowest last FID among
     those that did not fail) and "best_config" are None until every trial has ended.
     """
     s = cfg.sweep
-    check_search_space(cfg)
-    check_reports(cfg)
+    check_sweep(cfg)
     exp = RunDir(s.storage_path, s.name, s.storage_options)
     storage_path, filesystem = exp.ray_storage()
     path = f"{storage_path}/{s.name}"
@@ -101,9 +106,9 @@ def run_sweep(cfg, restore=False, callbacks=(), pool=None, log=print):
         raise ConfigError(f"nothing to restore: no Tune sweep at {exp.url}; leave out --restore to start it")
     if restoring:
         check_same_config(exp, cfg)
-        log(f"[sweep] continuing the sweep at {exp.url}")
     else:
         exp.write_text("config.yaml", cfg.dump())
+    log(f"[sweep] {'continuing' if restoring else 'starting'} the sweep at {exp.url} ({num_trials(cfg)} trials)")
     if cfg.train.teacher_mode == "cached":
         ensure_cache(cfg, log)
     train_root = f"{exp.path if filesystem is None else exp.url}/train"
