@@ -234,9 +234,18 @@ def parse_override(text):
     return key.strip(), yaml.safe_load(raw)
 
 
+EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml"
+
+
 def load_config(path=None, overrides=(), base=None):
-    """A validated Config from a YAML file (or the embedded default) and dotted overrides."""
+    """A validated Config from `base` (a config dict) or a YAML file, then dotted overrides.
+
+    With neither base nor path, the file is the embedded digits default. Keys a file leaves out take the dataclass
+    defaults above, which are the official hyperparameters.
+    """
     tree = dict(base or {})
+    if path is None and base is None:
+        path = EMBEDDED_DEFAULT
     if path is not None:
         path = Path(path)
         if not path.is_file():

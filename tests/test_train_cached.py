@@ -37,14 +37,14 @@ def caches(ray_cluster, tmp_path_factory):
             for dtype in ("float32", "float16")}
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-4), ("float16", 3e-2)])
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-6), ("float16", 1e-3)])
 def test_cached_step_equals_online_step(caches, dtype, rtol):
     """For the same rows (x0, z through the stored x_t, n, k) and the same s, σ and noise draws, the step with the
     cached x_u and the step solving x_u with the teacher give the same losses, λ and gradients: to float32 rounding
     (the cache solves in float64) or within float16 rounding of the stored states."""
     root, cache = caches[dtype]
     cfg = config(root, f"cache.dtype={dtype}")
-    rows = {k: torch.as_tensor(v) for k, v in cache_dataset(cache, epoch=0).take_batch(8).items()}
+    rows = {k: torch.tensor(v) for k, v in cache_dataset(cache, epoch=0).take_batch(8).items()}
     assert (rows["k"] >= 1).all() and len(set(rows["n"].tolist())) > 1
     teacher = build_teacher(cfg)
     results = []
