@@ -22,7 +22,7 @@ from pipeline.evaluation.features import check_features
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (default: the embedded digits default)")
+    p.add_argument("--config", help="YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); keys it omits take the official defaults")
     p.add_argument("--checkpoint", action="append", default=[], help="checkpoint directory or checkpoint.pt; repeat")
     p.add_argument("--sweep", action="store_true", help="sweep sampling schedules (eval.sweep_*) instead")
     p.add_argument("--teacher", action="store_true", help="also score the teacher's own Heun samples")

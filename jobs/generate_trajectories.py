@@ -23,7 +23,7 @@ EXPECTED = (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="generate", choices=["generate", "verify", "describe"])
-    p.add_argument("--config", help="YAML config (default: the embedded digits default)")
+    p.add_argument("--config", help="YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); keys it omits take the official defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--cache", help="verify/describe: a cache folder or URL, instead of the one the config names")
     p.add_argument("--repair", action="store_true", help="generate: rewrite shards that fail verification")

@@ -1,6 +1,6 @@
 """Every stage on one config (the embedded digits default unless --config is given), on a Ray cluster.
 
-    python -m jobs.quickstart [--config FILE] [--set key=value ...] [--out runs/quickstart]
+    python -m jobs.quickstart [--config FILE] [--set key=value ...] [--out runs/quickstart] [--dry-run]
 
 Fits or loads the teacher, builds (or reuses) the trajectory cache with Ray Data, trains CTM + DSM + GAN with Ray
 Train, evaluates the newest checkpoint with the evaluation actors, and writes a report directory: the FID table
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import EMBEDDED_DEFAULT, ConfigError, load_config
 
 STAGE_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
 
@@ -24,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--config", help="YAML config (default: the embedded digits default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override; repeat")
     p.add_argument("--out", default="runs/quickstart", help="report directory")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve the config and check every path and shape the stages need, then stop")
     p.add_argument("--local-cpus", type=int, default=8,
                    help="logical CPUs of the local Ray cluster started when none is running (2 cores need > 2)")
     return p.parse_args(argv)
@@ -71,15 +73,26 @@ def run_stages(cfg, out):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config or EMBEDDED_DEFAULT, args.set)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(cfg.dump(), flush=True)
+    if args.dry_run:
+        from pipeline.dryrun import dry_run
+        try:
+            print("\n".join(dry_run(cfg)))
+        except (*STAGE_ERRORS, KeyError) as e:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        print("dry run: every path and shape checked; nothing ran")
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import ray
-    init_ray(args.local_cpus)
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        init_ray(args.local_cpus)
     started = time.time()
     try:
         seconds, report, checkpoint = run_stages(cfg, out)
@@ -88,7 +101,8 @@ def main(argv=None):
         print(f"error: {type(cause).__name__}: {' '.join(str(cause).split())}", file=sys.stderr)
         return 1
     finally:
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
     seconds["total"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps({"seconds": seconds, "checkpoint": checkpoint}, indent=2))
     print(report.read_text())

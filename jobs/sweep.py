@@ -25,7 +25,7 @@ from pipeline.sweep import check_sweep, run_sweep
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (default: the embedded digits default)")
+    p.add_argument("--config", help="YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); keys it omits take the official defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sweep.num_samples=8")
     p.add_argument("--restore", action="store_true", help="continue the sweep in <sweep.storage_path>/<sweep.name>")
     p.add_argument("--local-cpus", type=int, help="start a private local Ray with this many logical CPUs instead of "

@@ -23,7 +23,7 @@ from pipeline.train import run_training
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (default: the embedded digits default)")
+    p.add_argument("--config", help="YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); keys it omits take the official defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
     p.add_argument("--local-cpus", type=int, help="start a private local Ray with this many logical CPUs instead of "
                                                   "connecting to a running cluster (e.g. 8 on a 2-core laptop)")

@@ -238,14 +238,12 @@ EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "d
 
 
 def load_config(path=None, overrides=(), base=None):
-    """A validated Config from `base` (a config dict) or a YAML file, then dotted overrides.
+    """A validated Config from `base` (a config dict) and/or a YAML file, then dotted overrides.
 
-    With neither base nor path, the file is the embedded digits default. Keys a file leaves out take the dataclass
-    defaults above, which are the official hyperparameters.
+    Keys that neither gives take the dataclass defaults above, which are the official hyperparameters; the embedded
+    digits default run is the file EMBEDDED_DEFAULT.
     """
     tree = dict(base or {})
-    if path is None and base is None:
-        path = EMBEDDED_DEFAULT
     if path is not None:
         path = Path(path)
         if not path.is_file():

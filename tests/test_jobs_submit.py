@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,17 +23,35 @@ def free_port():
 
 @pytest.fixture
 def head_node(tmp_path):
+    """`ray start --head --block` in its own process group, stopped by signalling that group only (a global
+    `ray stop` would also stop the test session's own cluster)."""
+    import urllib.request
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
-    start = [ray, "start", "--head", "--num-cpus=8", "--num-gpus=0", f"--port={free_port()}",
+    start = [ray, "start", "--head", "--block", "--num-cpus=8", "--num-gpus=0", f"--port={free_port()}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
              f"--temp-dir={tmp_path / 'ray'}"]
+    head = subprocess.Popen(start, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
-        yield f"http://127.0.0.1:{dashboard}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError:
+                assert head.poll() is None and time.time() < deadline, "the head node did not start"
+                time.sleep(1)
+        yield address
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def submit_and_wait(client, entrypoint, timeout=600):
@@ -52,7 +71,7 @@ def test_generate_train_evaluate_as_submitted_jobs(head_node, tmp_path, monkeypa
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(head_node)
-    sets = " ".join(f"--set {kv}" for kv in [
+    sets = "--config jobs/configs/digits.yaml " + " ".join(f"--set {kv}" for kv in [
         f"cache.root={tmp_path / 'cache'}", "cache.num_records=192", "cache.records_per_shard=96",
         "cache.num_actors=1", f"train.storage_path={tmp_path / 'train'}", "train.steps=12", "train.batch_size=16",
         "train.checkpoint_every=6", "train.gan_start=8", "train.log_every=4", f"eval.out={tmp_path / 'eval'}",
