@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +31,10 @@ def head_node(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths live below it (107-byte limit)
     start = [ray, "start", "--head", "--block", "--num-cpus=8", "--num-gpus=0", f"--port={free_port()}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
-             f"--temp-dir={tmp_path / 'ray'}"]
+             f"--temp-dir={temp_dir}"]
     head = subprocess.Popen(start, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
@@ -52,6 +54,7 @@ def head_node(tmp_path):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def submit_and_wait(client, entrypoint, timeout=600):
@@ -77,23 +80,23 @@ def test_generate_train_evaluate_as_submitted_jobs(head_node, tmp_path, monkeypa
         "train.checkpoint_every=6", "train.gan_start=8", "train.log_every=4", f"eval.out={tmp_path / 'eval'}",
         "eval.num_samples=200", "eval.nfe=[1,2]", "eval.gammas=[0.0]"])
 
-    status, logs = submit_and_wait(client, f"python -m jobs.generate_trajectories {sets}")
+    status, logs = submit_and_wait(client, f"{sys.executable} -m jobs.generate_trajectories {sets}")
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     manifests = list((tmp_path / "cache").glob("*/manifest.json"))
     assert len(manifests) == 1 and "cache:" in logs
 
-    status, logs = submit_and_wait(client, f"python -m jobs.train {sets}")
+    status, logs = submit_and_wait(client, f"{sys.executable} -m jobs.train {sets}")
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     checkpoints = sorted((tmp_path / "train").glob("*/checkpoint*/checkpoint.pt"))
     assert checkpoints, logs[-3000:]
     newest = max(checkpoints, key=lambda p: p.stat().st_mtime).parent
 
-    status, logs = submit_and_wait(client, f"python -m jobs.evaluate {sets} --checkpoint {newest}")
+    status, logs = submit_and_wait(client, f"{sys.executable} -m jobs.evaluate {sets} --checkpoint {newest}")
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert {r["setting"]["nfe"] for r in results["results"]} == {1, 2}
     assert (tmp_path / "eval" / "report.md").exists() and "report:" in logs
 
-    status, logs = submit_and_wait(client, f"python -m jobs.train {sets} --set train.batch_size=15 "
+    status, logs = submit_and_wait(client, f"{sys.executable} -m jobs.train {sets} --set train.batch_size=15 "
                                            "--set train.num_workers=2")
     assert status == JobStatus.FAILED and "train.batch_size" in logs  # a clear error, non-zero exit
