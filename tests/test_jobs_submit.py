@@ -59,10 +59,16 @@ def head_node(tmp_path):
 
 def submit_and_wait(client, entrypoint, timeout=600):
     from ray.job_submission import JobStatus
-    job = client.submit_job(entrypoint=entrypoint, runtime_env={
-        "working_dir": str(ROOT), "excludes": [".venv", "runs", ".git", "tests/fixtures"],
-        "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    runtime_env = {"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git", "tests/fixtures"],
+                   "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
     deadline = time.time() + timeout
+    while True:
+        try:
+            job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as e:  # the head's job agent can lag its dashboard by seconds
+            assert "No available agent" in str(e) and time.time() < deadline, e
+            time.sleep(2)
     while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline, f"{entrypoint} did not finish:\n{client.get_job_logs(job)[-3000:]}"
         time.sleep(2)
