@@ -20,6 +20,15 @@ def gmm2d():
     return make_gmm(2)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that start their own Ray head node run last, after the shared cluster is shut down."""
+    items.sort(key=lambda item: item.get_closest_marker("own_ray_cluster") is not None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "own_ray_cluster: starts its own Ray head node; runs last, alone")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for every test that needs it (starting Ray costs seconds on 2 cores)."""
