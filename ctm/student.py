@@ -11,7 +11,8 @@ The backbone is EDM's `SongUNet` / `DhariwalUNet` built with `s_path=True`: the 
 
 import torch
 
-from .networks.precond import EDMPrecond, as_class_labels, as_images, as_sigma, build_backbone, edm_scalings, model_dtype
+from .networks.precond import (EDMPrecond, Preconditioned, as_class_labels, as_images, as_sigma, edm_scalings,
+                               model_dtype)
 from .networks.songunet import SongUNet
 
 
@@ -19,24 +20,13 @@ def is_s_path_key(key):
     return any(part.endswith('_s') for part in key.split('.'))
 
 
-class CTMPrecond(torch.nn.Module):
+class CTMPrecond(Preconditioned):
     """G_θ and g_θ around an EDM backbone with an s-path; constructor arguments are EDMPrecond's."""
 
-    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0, sigma_max=float('inf'),
-                 sigma_data=0.5, model_type='DhariwalUNet', **model_kwargs):
-        if 's_path' in model_kwargs:
+    def __init__(self, *args, **kwargs):
+        if 's_path' in kwargs:
             raise ValueError('CTMPrecond always builds its backbone with s_path=True; drop the s_path argument')
-        super().__init__()
-        self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, use_fp16=use_fp16,
-                                sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, model_type=model_type, **model_kwargs)
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.sigma_min = sigma_min
-        self.sigma_max = sigma_max
-        self.sigma_data = sigma_data
-        self.model = build_backbone(model_type, img_resolution, img_channels, label_dim, s_path=True, **model_kwargs)
+        super().__init__(*args, s_path=True, **kwargs)
 
     def g(self, x, t, s, class_labels=None):
         """g_θ(x_t, t, s): the denoiser-like output; g(x, σ, σ) is the student's estimate of D(x, σ)."""

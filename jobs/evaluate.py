@@ -8,10 +8,10 @@ own FID at its full Heun trajectory. --sweep runs the sampling-schedule sweep (e
 eval.sweep_two_step) on finished checkpoints into <eval.out>/sweep/: sampling settings never start training.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
+from jobs.common import fail, ray_cluster, stage_parser
 from pipeline.checkpoint import checkpoint_file
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets import check_dataset
@@ -21,12 +21,10 @@ from pipeline.evaluation.features import check_features
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); keys it omits take the official defaults")
+    p = stage_parser(__doc__, "eval.nfe=[1,2]")
     p.add_argument("--checkpoint", action="append", default=[], help="checkpoint directory or checkpoint.pt; repeat")
     p.add_argument("--sweep", action="store_true", help="sweep sampling schedules (eval.sweep_*) instead")
     p.add_argument("--teacher", action="store_true", help="also score the teacher's own Heun samples")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override; repeat")
     return p.parse_args(argv)
 
 
@@ -56,21 +54,13 @@ def main(argv=None):
         check_features(cfg)
         check_dataset(cfg.data)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     print(cfg.dump(), flush=True)
-    import ray
-    started = not ray.is_initialized()
-    if started:
-        ray.init()
-    try:
-        report = evaluate(cfg, checkpoints, args.sweep)
-    except (ray.exceptions.RayError, FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
-        return 1
-    finally:
-        if started:
-            ray.shutdown()
+    with ray_cluster(args.local_cpus) as ray:
+        try:
+            report = evaluate(cfg, checkpoints, args.sweep)
+        except (ray.exceptions.RayError, FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            return fail(e, 1)
     print(f"report: {report}")
     return 0
 

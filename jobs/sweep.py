@@ -11,11 +11,9 @@ that. Exit status: 0 every trial ended and the best is saved (best.json, best_co
 interrupted or no trial succeeded, 2 bad input (nothing ran).
 """
 
-import argparse
 import sys
 
-import ray
-
+from jobs.common import fail, ray_cluster, stage_parser
 from pipeline.cache import CacheError
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets import DatasetError
@@ -23,44 +21,28 @@ from pipeline.evaluation.features import check_features
 from pipeline.sweep import check_sweep, run_sweep
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); keys it omits take the official defaults")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sweep.num_samples=8")
-    p.add_argument("--restore", action="store_true", help="continue the sweep in <sweep.storage_path>/<sweep.name>")
-    p.add_argument("--local-cpus", type=int, help="start a private local Ray with this many logical CPUs instead of "
-                                                  "connecting to a running cluster (e.g. 8 on a 2-core laptop)")
-    return p.parse_args(argv)
-
-
 def main(argv=None):
-    args = parse_args(argv)
+    p = stage_parser(__doc__, "sweep.num_samples=8")
+    p.add_argument("--restore", action="store_true", help="continue the sweep in <sweep.storage_path>/<sweep.name>")
+    args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
         check_sweep(cfg)
         check_features(cfg)
     except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     print(cfg.dump(), flush=True)
-    if not ray.is_initialized():
-        if args.local_cpus:
-            ray.init(address="local", num_cpus=args.local_cpus, include_dashboard=False)
-        else:
-            ray.init()  # RAY_ADDRESS under `ray job submit`, a `ray start` head, else a new local cluster
-    try:
-        outcome = run_sweep(cfg, restore=args.restore)
-    except (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with ray_cluster(args.local_cpus):
+        try:
+            outcome = run_sweep(cfg, restore=args.restore)
+        except (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError) as e:
+            return fail(e, 2)
     print(f"sweep folder: {outcome['path']}")
     if not outcome["complete"]:
-        print("error: the sweep was interrupted; run the same command again to continue it", file=sys.stderr)
-        return 1
+        return fail("the sweep was interrupted; run the same command again to continue it", 1)
     best = outcome["best"]
     if best is None:
-        print("error: every trial failed; see the errors above and the trial folders", file=sys.stderr)
-        return 1
+        return fail("every trial failed; see the errors above and the trial folders", 1)
     failed = sum(t["status"] == "error" for t in outcome["trials"])
     print(f"best: trial {best['trial_id']}  FID {best['fid']:.4g} at step {best['step']}  params {best['params']}\n"
           f"best checkpoint: {best['checkpoint']}\n"

@@ -65,8 +65,8 @@ def model_dtype(net, x):
     return torch.float16 if net.use_fp16 and x.device.type == 'cuda' else torch.float32
 
 
-class EDMPrecond(torch.nn.Module):
-    """EDM's denoiser D(x, σ) around a backbone `self.model` (state dict keys as in EDM's pickles)."""
+class Preconditioned(torch.nn.Module):
+    """EDM's preconditioning settings around a backbone `self.model`; `init_kwargs` rebuilds the network."""
 
     def __init__(self,
         img_resolution,                 # Image resolution.
@@ -77,10 +77,9 @@ class EDMPrecond(torch.nn.Module):
         sigma_max=float('inf'),         # Maximum supported noise level.
         sigma_data=0.5,                 # Expected standard deviation of the training data.
         model_type='DhariwalUNet',      # Class name of the underlying model.
+        s_path=False,                   # Give the backbone CTM's s-embedding (a student, not EDM's own denoiser)?
         **model_kwargs,                 # Keyword arguments for the underlying model.
     ):
-        if 's_path' in model_kwargs:
-            raise ValueError('EDMPrecond takes no s_path (it is a teacher denoiser); build a CTM student with ctm.student.build_ctm_student')
         super().__init__()
         self.init_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, use_fp16=use_fp16,
                                 sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, model_type=model_type, **model_kwargs)
@@ -91,7 +90,17 @@ class EDMPrecond(torch.nn.Module):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
-        self.model = build_backbone(model_type, img_resolution, img_channels, label_dim, **model_kwargs)
+        self.model = build_backbone(model_type, img_resolution, img_channels, label_dim, s_path=s_path, **model_kwargs)
+
+
+class EDMPrecond(Preconditioned):
+    """EDM's denoiser D(x, σ) around a backbone `self.model` (state dict keys as in EDM's pickles); arguments as
+    `Preconditioned`'s."""
+
+    def __init__(self, *args, **kwargs):
+        if 's_path' in kwargs:
+            raise ValueError('EDMPrecond takes no s_path (it is a teacher denoiser); build a CTM student with ctm.student.build_ctm_student')
+        super().__init__(*args, **kwargs)
 
     def forward(self, x, sigma, class_labels=None):
         x = as_images(self, x)

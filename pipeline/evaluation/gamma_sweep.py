@@ -6,7 +6,7 @@ Sampling settings never touch training: a sweep only loads checkpoints and sampl
 import json
 from pathlib import Path
 
-from .report import by_model, fid_table, measured_on, public, slug
+from .report import by_model, fid_curves, fid_table, measured_on, public, slug
 from .settings import gamma_settings, two_step_settings
 
 
@@ -35,9 +35,7 @@ def plot_fid_vs_gamma(results, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    gamma = [r for r in results if r["setting"].get("gamma") is not None]
-    for n in sorted({r["setting"]["nfe"] for r in gamma}):
-        pts = sorted((r["setting"]["gamma"], r["fid"]) for r in gamma if r["setting"]["nfe"] == n)
+    for n, pts in fid_curves(results, x="gamma", by="nfe").items():
         ax.plot(*zip(*pts), marker="o", label=f"NFE {n}")
     if results:
         ax.axhline(results[0]["real_vs_real"]["fd"], color="grey", ls=":", lw=1, label="real vs real")

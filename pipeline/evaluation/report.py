@@ -64,6 +64,13 @@ def fid_table(results):
     return lines
 
 
+def fid_curves(results, x, by):
+    """{value of `by`: [(x, FID), ...] sorted by x} over the γ-sampling settings, e.g. x="nfe", by="gamma"."""
+    gamma = [r for r in results if r["setting"].get("gamma") is not None]
+    return {v: sorted((r["setting"][x], r["fid"]) for r in gamma if r["setting"][by] == v)
+            for v in sorted({r["setting"][by] for r in gamma})}
+
+
 def plot_fid_vs_nfe(results, path, teacher=None, title=""):
     """FID against NFE, one line per γ; the teacher and the real-against-real floor as horizontal lines."""
     import matplotlib
@@ -71,15 +78,13 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    gamma = [r for r in results if r["setting"].get("gamma") is not None]
-    for g in sorted({r["setting"]["gamma"] for r in gamma}):
-        pts = sorted((r["setting"]["nfe"], r["fid"]) for r in gamma if r["setting"]["gamma"] == g)
+    for g, pts in fid_curves(results, x="nfe", by="gamma").items():
         ax.plot(*zip(*pts), marker="o", label=f"γ = {g:g}")
     if teacher is not None:
         ax.axhline(teacher["fid"], color="k", ls="--", lw=1, label=f"teacher Heun ({teacher['setting']['nfe']} NFE)")
     if results:
         ax.axhline(results[0]["real_vs_real"]["fd"], color="grey", ls=":", lw=1, label="real vs real")
-    nfes = sorted({r["setting"]["nfe"] for r in gamma})
+    nfes = sorted({r["setting"]["nfe"] for r in results if r["setting"].get("gamma") is not None})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
