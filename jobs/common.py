@@ -28,7 +28,7 @@ def ray_cluster(local_cpus=None):
         yield ray
         return
     if local_cpus:
-        ray.init(address="local", num_cpus=local_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=local_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     else:
         ray.init()
     try:

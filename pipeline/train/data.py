@@ -134,4 +134,8 @@ class CacheEpochs:
         last = max(math.ceil(t.steps * t.batch_size / M), first + 1)
         epochs = [cache_dataset(self.cache, pairs=True, epoch=e, seed=t.seed)
                   .randomize_block_order(seed=seed_for(t.seed, e, 0, STREAM_PERM)) for e in range(first, last)]
-        return epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]
+        stream = epochs[0].union(*epochs[1:]) if len(epochs) > 1 else epochs[0]
+        # the split's progress bars would print thousands of lines into a job's log (one redraw per block and
+        # operator, each epoch); rank 0 prints the run's own progress lines instead
+        stream.context.enable_progress_bars = False
+        return stream
