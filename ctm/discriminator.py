@@ -20,6 +20,11 @@ TORCHVISION_WEIGHT_FILES = {  # torchvision's IMAGENET1K_V1 state dicts
     "vit_b_16": "vit_b_16-c867db91.pth",
 }
 VIT_BLOCKS = (2, 5, 8, 11)  # transformer blocks read out as the four scales (StyleGAN-XL's DeiT hooks)
+TIMM_WEIGHTS = {  # the official pair (timm names) and where their ImageNet weights are published (Hugging Face Hub)
+    "tf_efficientnet_lite0": "timm/tf_efficientnet_lite0.in1k",
+    "deit_base_distilled_patch16_224": "timm/deit_base_distilled_patch16_224.fb_in1k",
+}
+DPT_WIDTHS = (96, 192, 384, 768)  # ViT-B/16 token maps -> four scales (DPT's reassemble, as StyleGAN-XL reads DeiT)
 
 
 class FeatureNetwork(nn.Module):
@@ -133,6 +138,83 @@ class TorchvisionFeatureNetwork(FeatureNetwork):
         return out
 
 
+def load_timm_weights(name, weights_path):
+    """timm's `name` with every weight read from the local file `weights_path` (.safetensors, .bin or .pth)."""
+    import timm
+    hub = TIMM_WEIGHTS[name]
+    if weights_path is None or not Path(weights_path).is_file():
+        where = "no path was given" if weights_path is None else f"'{weights_path}' does not exist"
+        raise FileNotFoundError(
+            f"the '{name}' feature network needs its ImageNet weights (model.safetensors of {hub} on the Hugging Face "
+            f"Hub), but {where}. It cannot be downloaded here: place a copy on this machine and pass its path for "
+            f"'{name}'.")
+    with torch.device("meta"):  # no random init: every weight comes from the file
+        model = timm.create_model(name, pretrained=False)
+    try:
+        if str(weights_path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(str(weights_path))
+        else:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, assign=True)
+    except Exception as e:
+        raise ValueError(f"'{weights_path}' is not a timm {name} state dict: {' '.join(str(e).split())[:500]}") from e
+    return model
+
+
+class TimmFeatureNetwork(FeatureNetwork):
+    """The official code's frozen backbones (timm, local weights), read as Projected GAN / StyleGAN-XL read them:
+    EfficientNet-lite0 after its stages at strides 4, 8, 16, 32; DeiT-B after blocks 3, 6, 9, 12, its patch tokens
+    reassembled to strides 4, 8, 16, 32 by fixed random convolutions (DPT)."""
+
+    def __init__(self, name, weights_path, seed=0):
+        if name not in TIMM_WEIGHTS:
+            raise ValueError(f"unknown timm feature network '{name}': use {list(TIMM_WEIGHTS)}")
+        model = load_timm_weights(name, weights_path)
+        self.name = name
+        if name == "tf_efficientnet_lite0":
+            super().__init__((24, 40, 112, 320), 224, 3)
+            b = model.blocks
+            self.stages = nn.ModuleList([nn.Sequential(model.conv_stem, model.bn1, *b[0:2]), b[2], b[3:5], b[5:]])
+        else:
+            super().__init__(DPT_WIDTHS, 224, 3)
+            self.vit = model
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                w, c = DPT_WIDTHS, model.embed_dim
+                self.reassemble = nn.ModuleList([
+                    nn.Sequential(nn.Conv2d(c, w[0], 1), nn.ConvTranspose2d(w[0], w[0], 4, stride=4)),
+                    nn.Sequential(nn.Conv2d(c, w[1], 1), nn.ConvTranspose2d(w[1], w[1], 2, stride=2)),
+                    nn.Conv2d(c, w[2], 1),
+                    nn.Sequential(nn.Conv2d(c, w[3], 1), nn.Conv2d(w[3], w[3], 3, stride=2, padding=1))])
+        self.register_buffer("mean", torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1))
+        self.freeze_unless_trainable()
+
+    def deit_features(self, x):
+        vit = self.vit
+        h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # timm's forward_features
+        grid = vit.patch_embed.grid_size
+        maps = []
+        for i, block in enumerate(vit.blocks):
+            h = block(h)
+            if i in VIT_BLOCKS:  # readout 'ignore': drop the class and distillation tokens
+                maps.append(h[:, vit.num_prefix_tokens:].transpose(1, 2).unflatten(2, grid))
+        return [reassemble(m) for reassemble, m in zip(self.reassemble, maps)]
+
+    def forward(self, x):
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = self.resize(((x + 1) / 2 - self.mean) / self.std)
+        if self.name != "tf_efficientnet_lite0":
+            return self.deit_features(x)
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
 class FixedConv1x1(nn.Module):
     """A 1x1 conv with random, never-trained weights held as buffers (nn.Conv2d's default init distribution)."""
 
@@ -213,18 +295,21 @@ class ProjectedDiscriminator(nn.Module):
 
 def build_discriminator(kind="tiny", img_channels=3, weights_paths=None, cout=64, tiny_resolution=32,
                         diffaug_policy="color,translation,cutout"):
-    """kind: '+'-separated feature networks, e.g. 'tiny' or 'efficientnet_b0+vit_b_16' (4 heads each).
+    """kind: '+'-separated feature networks (4 heads each): 'tiny', the official pair
+    'tf_efficientnet_lite0+deit_base_distilled_patch16_224' (timm), or torchvision's 'efficientnet_b0+vit_b_16'.
 
-    weights_paths maps each torchvision arch to its local weights file.
+    weights_paths maps each pretrained network's name to its local weights file.
     """
     weights_paths = weights_paths or {}
     networks = []
     for name in kind.split("+"):
         if name == "tiny":
             networks.append(TinyFeatureNetwork(img_channels, resolution=tiny_resolution))
+        elif name in TIMM_WEIGHTS:
+            networks.append(TimmFeatureNetwork(name, weights_paths.get(name)))
         elif name in TORCHVISION_WEIGHT_FILES:
             networks.append(TorchvisionFeatureNetwork(name, weights_paths.get(name)))
         else:
-            choices = ["tiny", *TORCHVISION_WEIGHT_FILES]
+            choices = ["tiny", *TIMM_WEIGHTS, *TORCHVISION_WEIGHT_FILES]
             raise ValueError(f"unknown feature network '{name}' in kind '{kind}': pick from {choices}")
     return ProjectedDiscriminator(networks, diffaug_policy, cout)

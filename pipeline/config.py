@@ -89,7 +89,7 @@ class TrainConfig:
     lambda_dsm: float | None = None   # None = adaptive (clamp [0, 1e4]); a number fixes it
     lambda_gan: float | None = None   # None = adaptive (clip [0.01, 10]); a number fixes it
     gan_start: int | None = None      # step at which the GAN stage starts (None = no GAN)
-    discriminator: str = "tiny"       # tiny | efficientnet_b0 | efficientnet_b0+vit_b_16
+    discriminator: str = "tiny"       # tiny | tf_efficientnet_lite0+deit_base_distilled_patch16_224 (official) | efficientnet_b0+vit_b_16
     discriminator_weights: dict = field(default_factory=dict)
     num_workers: int = 1
     gpus_per_worker: float = 1.0      # used only when the cluster has GPUs

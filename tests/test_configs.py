@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctm.discriminator import TORCHVISION_WEIGHT_FILES
+from ctm.discriminator import TIMM_WEIGHTS
 from ctm.distances import LPIPS_LIN_FILE, VGG16_FILE
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets import check_dataset
@@ -54,8 +54,8 @@ def test_paper_configs_carry_the_official_hyperparameters(name):
     assert t.target_ema == want["target_ema"] and t.gan_start == want["gan_start"] and 0.999 in t.ema_rates
     assert t.distance == "lpips" and t.lambda_dsm is None and t.lambda_gan is None
     assert (t.lpips_vgg_path, t.lpips_lin_path) == (f"weights/{VGG16_FILE}", f"weights/{LPIPS_LIN_FILE}")
-    assert t.discriminator == "efficientnet_b0+vit_b_16"
-    assert t.discriminator_weights == {k: f"weights/{v}" for k, v in TORCHVISION_WEIGHT_FILES.items()}
+    assert t.discriminator == "tf_efficientnet_lite0+deit_base_distilled_patch16_224"  # the official pair
+    assert t.discriminator_weights == {k: f"weights/{k}.safetensors" for k in TIMM_WEIGHTS}
     assert (e.features, e.inception_path, e.num_samples, e.ema_rate) == \
         ("inception", "weights/inception-2015-12-05.pt", 50000, 0.999)
     assert 1 in e.nfe and 2 in e.nfe and 0.0 in e.gammas

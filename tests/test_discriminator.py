@@ -7,6 +7,7 @@ import ctm.discriminator as discriminator
 from ctm.discriminator import (
     ProjectedDiscriminator,
     RandomProjection,
+    TimmFeatureNetwork,
     TinyFeatureNetwork,
     TorchvisionFeatureNetwork,
     build_discriminator,
@@ -14,6 +15,7 @@ from ctm.discriminator import (
 
 EFFNET_FILE = "efficientnet_b0_rwightman-7f5810bc.pth"
 VIT_FILE = "vit_b_16-c867db91.pth"
+LITE0_DEIT = ("tf_efficientnet_lite0", "deit_base_distilled_patch16_224")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
@@ -25,6 +27,19 @@ def effnet_file(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(torchvision.models.efficientnet_b0(weights=None).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def timm_files(tmp_path_factory):
+    """Random weights of the official pair, saved as the Hub's model.safetensors (lite0) and as a .pth (DeiT)."""
+    import timm
+    from safetensors.torch import save_file
+    folder = tmp_path_factory.mktemp("timm")
+    torch.manual_seed(0)
+    nets = {name: timm.create_model(name, pretrained=False).eval() for name in LITE0_DEIT}
+    save_file(nets[LITE0_DEIT[0]].state_dict(), folder / "lite0.safetensors")
+    torch.save(nets[LITE0_DEIT[1]].state_dict(), folder / "deit.pth")
+    return nets, dict(zip(LITE0_DEIT, [folder / "lite0.safetensors", folder / "deit.pth"]))
 
 
 def imagenet_input(x):
@@ -141,3 +156,37 @@ def test_weight_file_errors(effnet_file, tmp_path):
         TorchvisionFeatureNetwork("vit_b_16", effnet_file)
     with pytest.raises(ValueError, match="unknown feature network 'deit'"):
         build_discriminator("tiny+deit")
+
+
+def test_official_timm_pair_reads_the_official_stages(timm_files):
+    nets, paths = timm_files
+    D = build_discriminator("+".join(LITE0_DEIT), weights_paths=paths)
+    assert sum(len(h) for h in D.heads) == 8 and not any(p.requires_grad for p in D.feature_networks.parameters())
+    D.train()
+    assert not any(m.training for net in D.feature_networks for m in net.modules())  # frozen: always in eval mode
+    lite0, deit = D.feature_networks
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert D.eval()(x).shape == (2, 128)
+    assert [f.shape[1:] for f in lite0(x)] == [(24, 56, 56), (40, 28, 28), (112, 14, 14), (320, 7, 7)]
+    assert [f.shape[1:] for f in deit(x)] == [(96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7)]
+    # lite0 normalises with mean = std = 0.5, i.e. takes x in [-1, 1] as it is; its last stage is timm's last block
+    h = nets[LITE0_DEIT[0]].bn1(nets[LITE0_DEIT[0]].conv_stem(F.interpolate(x, size=224, mode="bilinear")))
+    assert torch.allclose(lite0(x)[-1], nets[LITE0_DEIT[0]].blocks(h), atol=1e-5)
+    # DeiT: the patch tokens (class and distillation tokens dropped) after block 12 feed the last reassembly
+    tokens, maps = [], []
+    nets[LITE0_DEIT[1]].blocks[11].register_forward_hook(lambda module, args, out: tokens.append(out))
+    deit.reassemble[3].register_forward_pre_hook(lambda module, args: maps.append(args[0]))
+    nets[LITE0_DEIT[1]].forward_features(imagenet_input(x))
+    deit(x)
+    assert torch.allclose(maps[0].flatten(2).transpose(1, 2), tokens[0][:, 2:], atol=1e-5)
+
+
+def test_timm_weight_file_errors(timm_files, tmp_path):
+    _, paths = timm_files
+    with pytest.raises(FileNotFoundError, match="timm/deit_base_distilled_patch16_224.fb_in1k.*cannot be downloaded"):
+        build_discriminator(LITE0_DEIT[1])
+    with pytest.raises(ValueError, match="is not a timm deit_base_distilled_patch16_224 state dict"):
+        TimmFeatureNetwork(LITE0_DEIT[1], paths[LITE0_DEIT[0]])
+    (tmp_path / "cut.safetensors").write_bytes(paths[LITE0_DEIT[0]].read_bytes()[:1000])
+    with pytest.raises(ValueError, match="is not a timm tf_efficientnet_lite0 state dict"):
+        TimmFeatureNetwork(LITE0_DEIT[0], tmp_path / "cut.safetensors")
