@@ -75,45 +75,71 @@ class TinyFeatureNetwork(FeatureNetwork):
         return out
 
 
-def load_torchvision_weights(arch, weights_path):
-    """torchvision.models.<arch> with every weight read from the local file `weights_path`."""
-    file_name = TORCHVISION_WEIGHT_FILES[arch]
+def load_local_weights(name, weights_path, build, family, source):
+    """build() with every weight read from the local file `weights_path` (.safetensors, or a torch .pth/.bin)."""
     if weights_path is None or not Path(weights_path).is_file():
         where = "no path was given" if weights_path is None else f"'{weights_path}' does not exist"
-        raise FileNotFoundError(
-            f"the '{arch}' feature network needs torchvision's ImageNet weights '{file_name}', but {where}. It cannot "
-            f"be downloaded here: place a copy of '{file_name}' on this machine and pass its path for '{arch}'."
-        )
+        raise FileNotFoundError(f"the '{name}' feature network needs {source}, but {where}. It cannot be downloaded "
+                                f"here: place a copy on this machine and pass its path for '{name}'.")
     with torch.device("meta"):  # no random init: every weight comes from the file
-        model = getattr(torchvision.models, arch)(weights=None)
+        model = build()
     try:
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), assign=True)
-    except RuntimeError as e:
-        raise ValueError(f"'{weights_path}' is not a torchvision {arch} state dict: {e}") from e
+        if str(weights_path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(str(weights_path))
+        else:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, assign=True)
+    except Exception as e:
+        raise ValueError(f"'{weights_path}' is not a {family} {name} state dict: {' '.join(str(e).split())[:500]}") \
+            from e
     return model
 
 
-class TorchvisionFeatureNetwork(FeatureNetwork):
-    """Frozen ImageNet backbone read from a local torchvision weights file; four stages at 224x224 input."""
+class PretrainedFeatureNetwork(FeatureNetwork):
+    """A frozen ImageNet backbone at 224x224: x in [-1, 1] -> [0, 1] -> the backbone's normalisation -> bilinear
+    resize -> `features`, by default the outputs of `self.stages`."""
+
+    def __init__(self, channels, mean, std):
+        super().__init__(channels, 224, 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def features(self, x):
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+    def forward(self, x):
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.features(self.resize(((x + 1) / 2 - self.mean) / self.std))
+
+
+class TorchvisionFeatureNetwork(PretrainedFeatureNetwork):
+    """torchvision's efficientnet_b0 or vit_b_16 from a local weights file; four stages at 224x224 input."""
 
     def __init__(self, arch, weights_path):
         if arch not in TORCHVISION_WEIGHT_FILES:
             raise ValueError(f"unknown torchvision feature network '{arch}': use {list(TORCHVISION_WEIGHT_FILES)}")
-        model = load_torchvision_weights(arch, weights_path)
+        model = load_local_weights(arch, weights_path, lambda: getattr(torchvision.models, arch)(weights=None),
+                                   "torchvision", f"torchvision's ImageNet weights '{TORCHVISION_WEIGHT_FILES[arch]}'")
         if arch == "efficientnet_b0":  # the stages Projected GAN reads from EfficientNet-lite0: strides 4, 8, 16, 32
-            super().__init__((24, 40, 112, 320), 224, 3)
+            super().__init__((24, 40, 112, 320), IMAGENET_MEAN, IMAGENET_STD)
             f = model.features
             self.stages = nn.ModuleList([f[0:3], f[3], f[4:6], f[6:8]])
         else:
-            super().__init__((768,) * 4, 224, 3)
+            super().__init__((768,) * 4, IMAGENET_MEAN, IMAGENET_STD)
             self.vit = model
         self.arch = arch
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.freeze_unless_trainable()
 
-    def vit_features(self, x):
-        """Patch tokens after blocks 3, 6, 9, 12 as 14x14 maps, resampled to strides 4..32 (DPT, fixed resampling)."""
+    def features(self, x):
+        """ViT: patch tokens after blocks 3, 6, 9, 12 as 14x14 maps, resampled to strides 4..32 (fixed resampling)."""
+        if self.arch != "vit_b_16":
+            return super().features(x)
         h = self.vit.conv_proj(x).flatten(2).transpose(1, 2)
         h = torch.cat([self.vit.class_token.expand(len(h), -1, -1), h], dim=1)
         h = self.vit.encoder.dropout(h + self.vit.encoder.pos_embedding)
@@ -125,59 +151,26 @@ class TorchvisionFeatureNetwork(FeatureNetwork):
         up = lambda m, k: F.interpolate(m, scale_factor=k, mode="bilinear", align_corners=False)
         return [up(maps[0], 4), up(maps[1], 2), maps[2], F.avg_pool2d(maps[3], 2)]
 
-    def forward(self, x):
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = self.resize(((x + 1) / 2 - self.mean) / self.std)
-        if self.arch == "vit_b_16":
-            return self.vit_features(x)
-        out = []
-        for stage in self.stages:
-            x = stage(x)
-            out.append(x)
-        return out
 
-
-def load_timm_weights(name, weights_path):
-    """timm's `name` with every weight read from the local file `weights_path` (.safetensors, .bin or .pth)."""
-    import timm
-    hub = TIMM_WEIGHTS[name]
-    if weights_path is None or not Path(weights_path).is_file():
-        where = "no path was given" if weights_path is None else f"'{weights_path}' does not exist"
-        raise FileNotFoundError(
-            f"the '{name}' feature network needs its ImageNet weights (model.safetensors of {hub} on the Hugging Face "
-            f"Hub), but {where}. It cannot be downloaded here: place a copy on this machine and pass its path for "
-            f"'{name}'.")
-    with torch.device("meta"):  # no random init: every weight comes from the file
-        model = timm.create_model(name, pretrained=False)
-    try:
-        if str(weights_path).endswith(".safetensors"):
-            from safetensors.torch import load_file
-            state = load_file(str(weights_path))
-        else:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, assign=True)
-    except Exception as e:
-        raise ValueError(f"'{weights_path}' is not a timm {name} state dict: {' '.join(str(e).split())[:500]}") from e
-    return model
-
-
-class TimmFeatureNetwork(FeatureNetwork):
+class TimmFeatureNetwork(PretrainedFeatureNetwork):
     """The official code's frozen backbones (timm, local weights), read as Projected GAN / StyleGAN-XL read them:
     EfficientNet-lite0 after its stages at strides 4, 8, 16, 32; DeiT-B after blocks 3, 6, 9, 12, its patch tokens
     reassembled to strides 4, 8, 16, 32 by fixed random convolutions (DPT)."""
 
     def __init__(self, name, weights_path, seed=0):
+        import timm
         if name not in TIMM_WEIGHTS:
             raise ValueError(f"unknown timm feature network '{name}': use {list(TIMM_WEIGHTS)}")
-        model = load_timm_weights(name, weights_path)
-        self.name = name
+        model = load_local_weights(name, weights_path, lambda: timm.create_model(name, pretrained=False), "timm",
+                                   f"its ImageNet weights (model.safetensors of {TIMM_WEIGHTS[name]} on the Hugging "
+                                   "Face Hub)")
+        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
         if name == "tf_efficientnet_lite0":
-            super().__init__((24, 40, 112, 320), 224, 3)
+            super().__init__((24, 40, 112, 320), mean, std)
             b = model.blocks
             self.stages = nn.ModuleList([nn.Sequential(model.conv_stem, model.bn1, *b[0:2]), b[2], b[3:5], b[5:]])
         else:
-            super().__init__(DPT_WIDTHS, 224, 3)
+            super().__init__(DPT_WIDTHS, mean, std)
             self.vit = model
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -187,32 +180,19 @@ class TimmFeatureNetwork(FeatureNetwork):
                     nn.Sequential(nn.Conv2d(c, w[1], 1), nn.ConvTranspose2d(w[1], w[1], 2, stride=2)),
                     nn.Conv2d(c, w[2], 1),
                     nn.Sequential(nn.Conv2d(c, w[3], 1), nn.Conv2d(w[3], w[3], 3, stride=2, padding=1))])
-        self.register_buffer("mean", torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1))
         self.freeze_unless_trainable()
 
-    def deit_features(self, x):
+    def features(self, x):
+        if not hasattr(self, "vit"):
+            return super().features(x)
         vit = self.vit
         h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # timm's forward_features
-        grid = vit.patch_embed.grid_size
         maps = []
         for i, block in enumerate(vit.blocks):
             h = block(h)
             if i in VIT_BLOCKS:  # readout 'ignore': drop the class and distillation tokens
-                maps.append(h[:, vit.num_prefix_tokens:].transpose(1, 2).unflatten(2, grid))
+                maps.append(h[:, vit.num_prefix_tokens:].transpose(1, 2).unflatten(2, vit.patch_embed.grid_size))
         return [reassemble(m) for reassemble, m in zip(self.reassemble, maps)]
-
-    def forward(self, x):
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = self.resize(((x + 1) / 2 - self.mean) / self.std)
-        if self.name != "tf_efficientnet_lite0":
-            return self.deit_features(x)
-        out = []
-        for stage in self.stages:
-            x = stage(x)
-            out.append(x)
-        return out
 
 
 class FixedConv1x1(nn.Module):
