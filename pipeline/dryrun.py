@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ctm.discriminator import TIMM_WEIGHTS, TORCHVISION_WEIGHT_FILES
 from pipeline.cache import CacheError, open_cache
 from pipeline.config import ConfigError
 from pipeline.datasets import check_dataset
@@ -37,8 +38,9 @@ def dry_run(cfg):
                   _need_file(t.lpips_lin_path, "train.lpips_lin_path", "the lpips package's vgg.pth")]
     if t.gan_start is not None:
         for arch in (a for a in t.discriminator.split("+") if a != "tiny"):
-            lines.append(_need_file(t.discriminator_weights.get(arch), f"train.discriminator_weights.{arch}",
-                                    f"the {arch} weights file"))
+            what = (f"torchvision's {TORCHVISION_WEIGHT_FILES[arch]}" if arch in TORCHVISION_WEIGHT_FILES else
+                    f"model.safetensors of {TIMM_WEIGHTS[arch]}" if arch in TIMM_WEIGHTS else f"the {arch} weights")
+            lines.append(_need_file(t.discriminator_weights.get(arch), f"train.discriminator_weights.{arch}", what))
     check_features(cfg)
     lines.append(f"eval: {cfg.eval.features} features" +
                  (f" from {cfg.eval.inception_path}" if cfg.eval.features == "inception" else ""))
