@@ -5,16 +5,20 @@ import contextlib
 import sys
 
 
-def stage_parser(doc, set_example="train.lr=1e-4", local_cpus=None):
+CONFIG_HELP = ("YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); keys it omits take the "
+               "official defaults")
+LOCAL_CPUS_HELP = ("start a private local Ray cluster with this many logical CPUs instead of connecting to a running "
+                   "one (more than the cores: 8 on a 2-core laptop)")
+
+
+def stage_parser(doc, set_example="train.lr=1e-4", config_help=CONFIG_HELP, local_cpus=None,
+                 local_cpus_help=LOCAL_CPUS_HELP):
     """--config FILE, repeated --set KEY=VALUE and --local-cpus N; the stage adds its own arguments."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config, e.g. jobs/configs/digits.yaml (the embedded default run); "
-                                    "keys it omits take the official defaults")
+    p.add_argument("--config", help=config_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config key, e.g. {set_example}; repeat")
-    p.add_argument("--local-cpus", type=int, default=local_cpus,
-                   help="start a private local Ray cluster with this many logical CPUs instead of connecting to a "
-                        "running one (more than the cores: 8 on a 2-core laptop)")
+    p.add_argument("--local-cpus", type=int, default=local_cpus, help=local_cpus_help)
     return p
 
 

@@ -21,7 +21,9 @@ STAGE_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
 
 
 def parse_args(argv=None):
-    p = stage_parser(__doc__, "train.steps=1000", local_cpus=8)
+    p = stage_parser(__doc__, "train.steps=1000", "YAML config (default: the embedded digits default)", local_cpus=8,
+                     local_cpus_help="logical CPUs of the local Ray cluster it starts unless RAY_ADDRESS names one "
+                                     "(as under `ray job submit`); 2 cores need more than 2")
     p.add_argument("--out", default="runs/quickstart", help="report directory")
     p.add_argument("--dry-run", action="store_true",
                    help="resolve the config and check every path and shape the stages need, then stop")

@@ -50,7 +50,7 @@ def head_node(tmp_path):
     try:
         deadline = time.time() + 120
         while not (listening(dashboard) and listening(agent)):  # the job head forwards every submission to the agent
-            assert head.poll() is None and time.time() < deadline, f"the head node did not start; see {temp_dir}"
+            assert head.poll() is None and time.time() < deadline, "the head node did not start"
             time.sleep(1)
         yield address
     finally:

@@ -78,13 +78,14 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for g, pts in fid_curves(results, x="nfe", by="gamma").items():
+    curves = fid_curves(results, x="nfe", by="gamma")
+    for g, pts in curves.items():
         ax.plot(*zip(*pts), marker="o", label=f"γ = {g:g}")
     if teacher is not None:
         ax.axhline(teacher["fid"], color="k", ls="--", lw=1, label=f"teacher Heun ({teacher['setting']['nfe']} NFE)")
     if results:
         ax.axhline(results[0]["real_vs_real"]["fd"], color="grey", ls=":", lw=1, label="real vs real")
-    nfes = sorted({r["setting"]["nfe"] for r in results if r["setting"].get("gamma") is not None})
+    nfes = sorted({n for pts in curves.values() for n, _ in pts})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
