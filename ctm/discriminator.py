@@ -1,6 +1,7 @@
 """Projected multi-scale discriminator (Projected GAN, Sauer et al. 2021; StyleGAN-XL), as in CTM's GAN loss (ref. §3).
 
-Frozen feature networks -> fixed random cross-channel / cross-scale mixing -> one trainable patch head per scale.
+Frozen feature networks -> fixed random cross-channel / cross-scale mixing -> one trainable patch head per scale,
+as Projected GAN's pg_modules (F_RandomProj, MultiScaleD, SingleDisc) that CTM uses.
 """
 
 from pathlib import Path
@@ -25,6 +26,7 @@ TIMM_WEIGHTS = {  # the official pair (timm names) and where their ImageNet weig
     "deit_base_distilled_patch16_224": "timm/deit_base_distilled_patch16_224.fb_in1k",
 }
 DPT_WIDTHS = (96, 192, 384, 768)  # ViT-B/16 token maps -> four scales (DPT's reassemble, as StyleGAN-XL reads DeiT)
+HEAD_WIDTHS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 512: 16, 1024: 8}  # SingleDisc's nfc_midas
 
 
 class FeatureNetwork(nn.Module):
@@ -209,36 +211,55 @@ class FixedConv1x1(nn.Module):
 
 
 class RandomProjection(nn.Module):
-    """Cross-channel mixing (CCM) then cross-scale mixing (CSM, top-down upsample + add), Projected GAN §3.2."""
+    """Projected GAN's F_RandomProj (cout, expand=True): fixed random cross-channel mixing (CCM, 1x1 convs to
+    cout * (1, 2, 4, 8)), then cross-scale mixing (CSM, FeatureFusionBlock) from the coarsest scale up: add the CCM
+    map of that scale, upsample x2 (bilinear, align_corners=True), 1x1 conv halving the channels (not at the finest).
+    Outputs: cout * (1, 1, 2, 4) channels at twice the input resolutions."""
 
     def __init__(self, channels, cout=64, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.channels = [cout * 2**i for i in range(len(channels))]  # "expand": cout, 2cout, 4cout, 8cout
-        self.ccm = nn.ModuleList(FixedConv1x1(a, b, g) for a, b in zip(channels, self.channels))
-        self.csm = nn.ModuleList(FixedConv1x1(b, a, g) for a, b in zip(self.channels[:-1], self.channels[1:]))
+        widths = [cout * 2**i for i in range(len(channels))]
+        self.channels = [widths[0], *(w // 2 for w in widths[1:])]
+        self.ccm = nn.ModuleList(FixedConv1x1(a, b, g) for a, b in zip(channels, widths))
+        self.csm = nn.ModuleList(FixedConv1x1(a, b, g) for a, b in zip(widths, self.channels))
 
     def forward(self, features):
         mixed = [ccm(f) for ccm, f in zip(self.ccm, features)]
-        out = [mixed[-1]]
-        for i in reversed(range(len(mixed) - 1)):
-            top = F.interpolate(self.csm[i](out[0]), size=mixed[i].shape[-2:], mode="bilinear", align_corners=False)
-            out.insert(0, mixed[i] + top)
+        out, h = [None] * len(mixed), None
+        for i in reversed(range(len(mixed))):
+            h = mixed[i] if h is None else h + mixed[i]
+            h = self.csm[i](F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=True))
+            out[i] = h
         return out
 
 
+class DownBlock(nn.Sequential):
+    """Projected GAN's DownBlock: spectrally normalised 4x4 stride-2 conv (with bias), BatchNorm, LeakyReLU(0.2)."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__(spectral_norm(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)), nn.BatchNorm2d(c_out),
+                         nn.LeakyReLU(0.2))
+
+
 class PatchHead(nn.Module):
-    """Trainable head on one scale: (SN-conv 4x4/2, BN, LeakyReLU) down to 8x8, then an SN-conv to a map of logits."""
+    """Projected GAN's SingleDisc (unconditional): DownBlocks from the map's size (snapped to the nearest key of
+    HEAD_WIDTHS) down to 8, then a spectrally normalised 4x4 conv without bias to a map of logits."""
 
     def __init__(self, channels, resolution, end_resolution=8):
         super().__init__()
-        layers = []
-        while resolution > end_resolution:
-            width = min(2 * channels, 512)
-            conv = spectral_norm(nn.Conv2d(channels, width, 4, stride=2, padding=1, bias=False))
-            layers += [conv, nn.BatchNorm2d(width), nn.LeakyReLU(0.2)]
-            channels, resolution = width, resolution // 2
-        layers.append(spectral_norm(nn.Conv2d(channels, 1, min(4, resolution), bias=False)))
+        size = min(HEAD_WIDTHS, key=lambda k: abs(k - resolution))  # first nearest key, as SingleDisc's argmin
+        widths = {**HEAD_WIDTHS, size: channels}
+        layers, out_size = [], resolution
+        while size > end_resolution:
+            layers.append(DownBlock(widths[size], widths[size // 2]))
+            size, out_size = size // 2, out_size // 2
+        if out_size < 4:
+            raise ValueError(f"a {resolution}-pixel feature map is too small for a discriminator head: after "
+                             f"{len(layers)} DownBlocks it has {out_size} pixels, under its final 4x4 conv. Raise "
+                             "the feature network's resolution.")
+        # maps under 8 pixels (tiny network only; the official code has none) keep their channels up to the last conv
+        layers.append(spectral_norm(nn.Conv2d(widths[size], 1, 4, bias=False)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -246,7 +267,9 @@ class PatchHead(nn.Module):
 
 
 class ProjectedDiscriminator(nn.Module):
-    """forward(x in [-1, 1]) -> (B, L) unconditional patch logits of every head of every feature network.
+    """forward(x in [-1, 1]) -> (B, L) unconditional patch logits: per feature network, its 4 heads from the finest
+    scale, each flattened, concatenated along dim 1 (MultiScaleD); then the networks in order. The official loss
+    averages the logits over all of them, so the order does not matter to it.
 
     In training mode each feature network sees its own DiffAugment draw of x, as in StyleGAN-XL.
     """
@@ -261,8 +284,13 @@ class ProjectedDiscriminator(nn.Module):
         for net, projection in zip(self.feature_networks, self.projections):
             with torch.no_grad():
                 x = torch.zeros(1, net.img_channels, net.resolution, net.resolution)
-                resolutions = [f.shape[-1] for f in net(x)]
-            self.heads.append(nn.ModuleList(PatchHead(c, r) for c, r in zip(projection.channels, resolutions)))
+                sizes = [f.shape[-1] for f in net(x)]
+            if any(a != 2 * b for a, b in zip(sizes, sizes[1:])):
+                raise ValueError(f"{type(net).__name__} gives {sizes}-pixel maps at {net.resolution} pixels, but "
+                                 "cross-scale mixing needs each map exactly twice the next: use a resolution "
+                                 "divisible by 16.")
+            # CSM upsamples x2: the heads see maps twice the feature network's (112, 56, 28, 14 at 224 pixels)
+            self.heads.append(nn.ModuleList(PatchHead(c, 2 * r) for c, r in zip(projection.channels, sizes)))
         self.diffaug_policy = diffaug_policy
 
     def forward(self, x):
