@@ -1,16 +1,17 @@
 """The CTM student G_θ(x_t, t, s) (Kim et al. 2024, reference §1).
 
 G(x_t, t, s) = (s/t)·x_t + (1 − s/t)·g(x_t, t, s), g = c_skip(t)·x_t + c_out(t)·F(c_in(t)·x_t, c_noise(t), c_noise(s), y)
-with EDM's scalings at t only, so G(x, t, t) = x and g(x, t, t) is a denoiser. Both families use EDM's
-c_noise(σ) = ln(σ)/4 for t and s, since our teachers are EDM networks; the official ImageNet code instead used OpenAI's
-UNetModel with c_noise = 250·ln(σ + 1e-44).
+with EDM's scalings at t only, so G(x, t, t) = x and g(x, t, t) is a denoiser. c_noise, for t and s alike, is the
+teacher family's: EDM's ln(σ)/4 for SongUNet / DhariwalUNet (official CIFAR-10 code), 250·ln(σ + 1e-44) for OpenAI's
+ADM `ADMUNet` (official ImageNet-64 code).
 
-The backbone is EDM's `SongUNet` / `DhariwalUNet` built with `s_path=True`: the s-path layers carry `_s` names
-(`map_layer0_s`, `map_layer1_s`, `affine_s`), every other key is the teacher's.
+The backbone is the teacher's built with `s_path=True`: the s-path layers carry `_s` names (`map_layer0_s`,
+`map_layer1_s`, `affine_s` in EDM's nets; `time_embed_s`, `emb_layers_s` in ADM's), every other key is the teacher's.
 """
 
 import torch
 
+from .networks.adm import ADMUNet
 from .networks.precond import (EDMPrecond, Preconditioned, as_class_labels, as_images, as_sigma, edm_scalings,
                                model_dtype)
 from .networks.songunet import SongUNet
@@ -21,7 +22,7 @@ def is_s_path_key(key):
 
 
 class CTMPrecond(Preconditioned):
-    """G_θ and g_θ around an EDM backbone with an s-path; constructor arguments are EDMPrecond's."""
+    """G_θ and g_θ around a teacher-family backbone with an s-path; constructor arguments are EDMPrecond's."""
 
     def __init__(self, *args, **kwargs):
         if 's_path' in kwargs:
@@ -34,9 +35,9 @@ class CTMPrecond(Preconditioned):
         t = as_sigma(t, x, 't')
         s = as_sigma(s, x, 's')
         class_labels = as_class_labels(self, class_labels, x)
-        c_skip, c_out, c_in, c_noise = edm_scalings(t, self.sigma_data)
-        c_noise_s = s.log() / 4
-        F_x = self.model((c_in * x).to(model_dtype(self, x)), c_noise.flatten(), class_labels, noise_labels_s=c_noise_s.flatten())
+        c_skip, c_out, c_in, _ = edm_scalings(t, self.sigma_data)
+        F_x = self.model((c_in * x).to(model_dtype(self, x)), self.c_noise(t).flatten(), class_labels,
+                         noise_labels_s=self.c_noise(s).flatten())
         return c_skip * x + c_out * F_x.to(torch.float32)
 
     def forward(self, x, t, s, class_labels=None):
@@ -47,10 +48,13 @@ class CTMPrecond(Preconditioned):
         return ratio * x + (1 - ratio) * g
 
     def last_layer_weight(self):
-        """W_L for the adaptive loss weights (reference §3): SongUNet's final conv; ADM's last block's zero-init conv."""
+        """W_L for the adaptive loss weights (reference §3): SongUNet's final conv; ADM's last block's zero-init conv
+        (OpenAI's ADM: `output_blocks[15][0].out_layers[3]` on ImageNet-64)."""
         if isinstance(self.model, SongUNet):
             res = self.img_resolution
             return self.model.dec[f'{res}x{res}_aux_conv'].weight
+        if isinstance(self.model, ADMUNet):
+            return self.model.output_blocks[-1][0].out_layers[3].weight
         return list(self.model.dec.values())[-1].conv1.weight
 
 

@@ -11,11 +11,11 @@ from pipeline.datasets import check_dataset
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 PAPER = {  # ref. ctm-method.md §0, §3 and "Numbers to anchor on"
     "cifar10_uncond.yaml": dict(N=18, K=17, batch=256, micro=16, target_ema=0.9999, labels=False, gan_start=50000,
-                                teacher="edm-cifar10-32x32-uncond-vp.pkl", data="cifar10"),
+                                teacher="edm-cifar10-32x32-uncond-vp.pkl", kind="edm", data="cifar10"),
     "cifar10_cond.yaml": dict(N=18, K=17, batch=256, micro=16, target_ema=0.999, labels=True, gan_start=50000,
-                              teacher="edm-cifar10-32x32-cond-vp.pkl", data="cifar10"),
+                              teacher="edm-cifar10-32x32-cond-vp.pkl", kind="edm", data="cifar10"),
     "imagenet64.yaml": dict(N=40, K=39, batch=1440, micro=18, target_ema=0.999, labels=True, gan_start=None,
-                            teacher="edm-imagenet-64x64-cond-adm.pkl", data="imagenet64"),
+                            teacher="edm_imagenet64_ema.pt", kind="adm", data="imagenet64"),
 }
 
 
@@ -47,7 +47,7 @@ def test_paper_configs_carry_the_official_hyperparameters(name):
     cfg, want = load_config(CONFIGS / name), PAPER[name]
     g, t, e = cfg.grid, cfg.train, cfg.eval
     assert (g.N, g.K_max, g.sigma_min, g.sigma_max, g.rho) == (want["N"], want["K"], 0.002, 80.0, 7.0)
-    assert cfg.teacher.kind == "edm" and cfg.teacher.path == f"weights/{want['teacher']}"
+    assert cfg.teacher.kind == want["kind"] and cfg.teacher.path == f"weights/{want['teacher']}"
     assert cfg.data.name == want["data"] and cfg.data.hflip and cfg.data.use_labels == want["labels"]
     assert (t.batch_size, t.micro_batch, t.lr, t.lr_d, t.betas_d) == (want["batch"], want["micro"], 4e-4, 2e-3,
                                                                       (0.5, 0.9))

@@ -1,14 +1,19 @@
-"""EDM's preconditioning (Karras et al. 2022, Table 1) and the builders for EDM-compatible networks."""
+"""EDM's preconditioning (Karras et al. 2022, Table 1) and the builders for EDM-compatible networks.
+
+The backbone families differ only in c_noise, the noise label each was trained with: EDM's ln(σ)/4 for its SongUNet
+and DhariwalUNet; 250·ln(σ + 1e-44) for OpenAI's EDM-trained ADM (`ADMUNet`, consistency_models `KarrasDenoiser`).
+"""
 
 import contextlib
 import inspect
 
 import torch
 
+from .adm import ADMUNet
 from .dhariwalunet import DhariwalUNet
 from .songunet import SongUNet
 
-BACKBONES = {'SongUNet': SongUNet, 'DhariwalUNet': DhariwalUNet}
+BACKBONES = {'SongUNet': SongUNet, 'DhariwalUNet': DhariwalUNet, 'ADMUNet': ADMUNet}
 
 
 def build_backbone(model_type, img_resolution, img_channels, label_dim, **model_kwargs):
@@ -22,13 +27,25 @@ def build_backbone(model_type, img_resolution, img_channels, label_dim, **model_
     return backbone(img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels, label_dim=label_dim, **model_kwargs)
 
 
+def edm_c_noise(sigma):
+    """EDM's noise label (Table 1): ln(σ)/4."""
+    return sigma.log() / 4
+
+
+def adm_c_noise(sigma):
+    """The noise label of OpenAI's EDM-trained ADM: 250·ln(σ + 1e-44) (consistency_models `denoise`, sony/ctm)."""
+    return 1000 * 0.25 * (sigma + 1e-44).log()
+
+
+C_NOISE = {'SongUNet': edm_c_noise, 'DhariwalUNet': edm_c_noise, 'ADMUNet': adm_c_noise}
+
+
 def edm_scalings(sigma, sigma_data):
     """c_skip, c_out, c_in, c_noise of EDM (Table 1): D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise)."""
     c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
     c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
     c_in = 1 / (sigma_data ** 2 + sigma ** 2).sqrt()
-    c_noise = sigma.log() / 4
-    return c_skip, c_out, c_in, c_noise
+    return c_skip, c_out, c_in, edm_c_noise(sigma)
 
 
 def as_images(net, x):
@@ -92,10 +109,14 @@ class Preconditioned(torch.nn.Module):
         self.sigma_data = sigma_data
         self.model = build_backbone(model_type, img_resolution, img_channels, label_dim, s_path=s_path, **model_kwargs)
 
+    def c_noise(self, sigma):
+        """The noise label c_noise(σ) that this backbone family was trained with."""
+        return C_NOISE[self.init_kwargs['model_type']](sigma)
+
 
 class EDMPrecond(Preconditioned):
-    """EDM's denoiser D(x, σ) around a backbone `self.model` (state dict keys as in EDM's pickles); arguments as
-    `Preconditioned`'s."""
+    """EDM's denoiser D(x, σ) around a backbone `self.model` (state dict keys as in EDM's pickles, or OpenAI's ADM
+    state dict under `model.`); arguments as `Preconditioned`'s."""
 
     def __init__(self, *args, **kwargs):
         if 's_path' in kwargs:
@@ -106,8 +127,8 @@ class EDMPrecond(Preconditioned):
         x = as_images(self, x)
         sigma = as_sigma(sigma, x)
         class_labels = as_class_labels(self, class_labels, x)
-        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
-        F_x = self.model((c_in * x).to(model_dtype(self, x)), c_noise.flatten(), class_labels)
+        c_skip, c_out, c_in, _ = edm_scalings(sigma, self.sigma_data)
+        F_x = self.model((c_in * x).to(model_dtype(self, x)), self.c_noise(sigma).flatten(), class_labels)
         return c_skip * x + c_out * F_x.to(torch.float32)
 
 

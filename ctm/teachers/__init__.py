@@ -5,6 +5,7 @@ from typing import Protocol
 import torch
 
 from ..networks import fast_inference
+from .adm import ADM_PRESETS, load_adm
 from .edm import load_edm, weights_digest
 from .gmm import GaussianMixtureTeacher
 
@@ -14,7 +15,8 @@ class Teacher(Protocol):
 
 
 class EDMTeacher:
-    """A frozen EDM network as a teacher. `fast=True` (CUDA only): bf16 autocast, channels_last and torch.compile."""
+    """A frozen EDM-preconditioned network as a teacher: an NVlabs EDM pickle (`load_edm`) or an OpenAI ADM state dict
+    (`load_adm`). `fast=True` (CUDA only): bf16 autocast, channels_last and torch.compile."""
 
     def __init__(self, net, fast=False):
         self.net = net.eval().requires_grad_(False)
@@ -36,4 +38,4 @@ class EDMTeacher:
         return weights_digest(self.net)
 
 
-__all__ = ["Teacher", "EDMTeacher", "GaussianMixtureTeacher", "load_edm", "weights_digest"]
+__all__ = ["ADM_PRESETS", "Teacher", "EDMTeacher", "GaussianMixtureTeacher", "load_adm", "load_edm", "weights_digest"]
