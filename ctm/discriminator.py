@@ -4,6 +4,7 @@ Frozen feature networks -> fixed random cross-channel / cross-scale mixing -> on
 as Projected GAN's pg_modules (F_RandomProj, MultiScaleD, SingleDisc) that CTM uses.
 """
 
+import math
 from pathlib import Path
 
 import torch
@@ -301,13 +302,47 @@ class ProjectedDiscriminator(nn.Module):
         return torch.cat(logits, dim=1)
 
 
+class PixelDiscriminator(nn.Module):
+    """forward(x in [-1, 1]) -> (B, L) patch logits of a small trainable discriminator on the images themselves, for
+    images too small for ImageNet feature networks (the 8x8 digits): an SN-conv 3x3, then SN-conv 4x4 stride-2 stages
+    down to 4x4 pixels, then an SN-conv 3x3 to a map of logits. Its features are learned, so it grades the student
+    on nothing fixed (least of all the evaluation's feature network). DiffAugment in training, as the projected one.
+    """
+
+    def __init__(self, img_channels, resolution, widths=(32, 64), diffaug_policy="color,translation,cutout", seed=0):
+        super().__init__()
+        if resolution < 8 or resolution & (resolution - 1):
+            raise ValueError(f"the pixel discriminator reads square images of a power-of-two size >= 8, got {resolution}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layers = [spectral_norm(nn.Conv2d(img_channels, widths[0], 3, padding=1)), nn.LeakyReLU(0.2)]
+            c = widths[0]
+            for i in range(int(math.log2(resolution // 4))):
+                width = widths[min(i + 1, len(widths) - 1)]
+                layers += [spectral_norm(nn.Conv2d(c, width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+                c = width
+            layers.append(spectral_norm(nn.Conv2d(c, 1, 3, padding=1)))
+        self.net = nn.Sequential(*layers)
+        self.resolution, self.diffaug_policy = resolution, diffaug_policy
+
+    def forward(self, x):
+        if x.shape[-1] != self.resolution:
+            raise ValueError(f"this pixel discriminator reads {self.resolution}-pixel images, got {x.shape[-1]}")
+        return self.net(diff_augment(x, self.diffaug_policy) if self.training else x).flatten(1)
+
+
 def build_discriminator(kind="tiny", img_channels=3, weights_paths=None, cout=64, tiny_resolution=32,
-                        diffaug_policy="color,translation,cutout"):
-    """kind: '+'-separated feature networks (4 heads each): 'tiny', the official pair
+                        diffaug_policy="color,translation,cutout", img_resolution=None):
+    """kind: 'pixels' (PixelDiscriminator on img_resolution-pixel images), or '+'-separated feature networks of the
+    projected discriminator (4 heads each): 'tiny', the official pair
     'tf_efficientnet_lite0+deit_base_distilled_patch16_224' (timm), or torchvision's 'efficientnet_b0+vit_b_16'.
 
     weights_paths maps each pretrained network's name to its local weights file.
     """
+    if kind == "pixels":
+        if img_resolution is None:
+            raise ValueError("the 'pixels' discriminator needs img_resolution, the size of the images it reads")
+        return PixelDiscriminator(img_channels, img_resolution, diffaug_policy=diffaug_policy)
     weights_paths = weights_paths or {}
     networks = []
     for name in kind.split("+"):
@@ -318,6 +353,6 @@ def build_discriminator(kind="tiny", img_channels=3, weights_paths=None, cout=64
         elif name in TORCHVISION_WEIGHT_FILES:
             networks.append(TorchvisionFeatureNetwork(name, weights_paths.get(name)))
         else:
-            choices = ["tiny", *TIMM_WEIGHTS, *TORCHVISION_WEIGHT_FILES]
+            choices = ["pixels (alone)", "tiny", *TIMM_WEIGHTS, *TORCHVISION_WEIGHT_FILES]
             raise ValueError(f"unknown feature network '{name}' in kind '{kind}': pick from {choices}")
     return ProjectedDiscriminator(networks, diffaug_policy, cout)

@@ -60,12 +60,13 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def load_student(path, ema_rate=0.999, device="cpu"):
-    """(CTMPrecond holding the EMA weights at `ema_rate`, in eval mode on `device`, Config of the run)."""
+    """(CTMPrecond holding the EMA weights at `ema_rate` (0: the online weights θ), in eval mode on `device`, Config
+    of the run)."""
     parts = load_checkpoint(path)
     rates = sorted(parts["ema"])
-    if str(ema_rate) not in parts["ema"]:
-        raise KeyError(f"{checkpoint_file(path)} holds EMAs at rates {rates}, not {ema_rate}: pass one of these "
-                       "(train.ema_rates sets which are kept)")
+    if ema_rate != 0 and str(ema_rate) not in parts["ema"]:
+        raise KeyError(f"{checkpoint_file(path)} holds EMAs at rates {rates}, not {ema_rate}: pass one of these, or 0 "
+                       "for the online weights (train.ema_rates sets which are kept)")
     G = CTMPrecond(**parts["student_kwargs"])
-    G.load_state_dict(parts["ema"][str(ema_rate)])
+    G.load_state_dict(parts["student"] if ema_rate == 0 else parts["ema"][str(ema_rate)])
     return G.to(device).eval().requires_grad_(False), load_config(base=parts["config"])

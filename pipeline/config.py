@@ -19,9 +19,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class TeacherConfig:
-    kind: str = "gmm"                 # "gmm" (Gaussian mixture .npz) | "edm" (NVlabs EDM pickle)
-    path: str | None = None           # gmm: .npz (None = fit to the digits); edm: the .pkl
-    key: str = "ema"                  # entry of the EDM pickle
+    kind: str = "gmm"                 # "gmm" (Gaussian mixture .npz) | "edm" (NVlabs EDM pickle) | "adm" (OpenAI ADM .pt)
+    path: str | None = None           # gmm: .npz (None = fit to the digits); edm: the .pkl; adm: the .pt
+    key: str = "ema"                  # edm: entry of the pickle; adm: architecture preset (ctm.teachers.ADM_PRESETS)
     components: int = 10              # gmm fitted when path is None
     fast: bool = True                 # bf16 autocast + channels_last + torch.compile on CUDA
 
@@ -68,7 +68,11 @@ class CacheConfig:
 @dataclass
 class StudentConfig:
     architecture: str = "teacher"     # "teacher": the teacher's EDM network plus the s-path; "tiny": small DDPM++
-    init_from_teacher: bool = True    # copy every matching teacher weight (EDM teachers)
+    init_from_teacher: bool = True    # start as the teacher: copy its weights (EDM, ADM), or regress onto its exact
+                                      # denoiser (mixture; cached under <cache.root>/teacher-start/)
+    init_steps: int = 2000            # mixture teacher: regression steps (cosine learning-rate decay to 0)
+    init_batch_size: int = 128
+    init_lr: float = 2e-3
     dropout: float | None = None      # None keeps the architecture's own (DDPM++ 0.13)
 
 
@@ -116,7 +120,7 @@ class EvalConfig:
     reference_stats: str | None = None  # .npz with mu, sigma of the reference set (else computed from the data)
     num_actors: int = 1
     gpus_per_actor: float = 0.25
-    ema_rate: float = 0.999
+    ema_rate: float = 0.999             # which weights are scored: an EMA of train.ema_rates, or 0 (the online weights)
     likelihood: bool = False
     out: str = "runs/eval"
     two_step: tuple = ()              # [i1, i2] grid-index pairs of the 2-step sampler, scored beside eval.nfe × gammas
@@ -277,8 +281,10 @@ def validate(cfg):
     need(0 < g.sigma_min < g.sigma_max, "grid.sigma_min", f"need 0 < sigma_min < sigma_max, got {g.sigma_min} and {g.sigma_max}")
     need(g.N >= 2, "grid.N", f"need at least 2 grid points, got {g.N}")
     need(1 <= g.K_max <= g.N - 1, "grid.K", f"need 1 <= K <= N-1 = {g.N - 1}, got {g.K}")
-    need(cfg.teacher.kind in ("gmm", "edm"), "teacher.kind", f"must be 'gmm' or 'edm', got {cfg.teacher.kind!r}")
-    need(cfg.teacher.kind != "edm" or cfg.teacher.path, "teacher.path", "an EDM teacher needs the path of its .pkl")
+    need(cfg.teacher.kind in ("gmm", "edm", "adm"), "teacher.kind",
+         f"must be 'gmm', 'edm' or 'adm', got {cfg.teacher.kind!r}")
+    need(cfg.teacher.kind == "gmm" or cfg.teacher.path, "teacher.path",
+         f"an {cfg.teacher.kind.upper()} teacher needs the path of its {'.pkl' if cfg.teacher.kind == 'edm' else '.pt'}")
     need(cfg.data.name in ("digits", "cifar10", "imagenet64", "folder"), "data.name",
          f"must be digits, cifar10, imagenet64 or folder, got {cfg.data.name!r}")
     need(cfg.data.name == "digits" or cfg.data.path, "data.path", f"dataset {cfg.data.name!r} needs a path")
@@ -311,6 +317,8 @@ def validate(cfg):
     need(t.fail_at_step is None or 0 <= t.fail_at_step < t.steps, "train.fail_at_step", "test-only; must lie in [0, steps)")
     need(cfg.student.architecture in ("teacher", "tiny"), "student.architecture",
          f"must be 'teacher' or 'tiny', got {cfg.student.architecture!r}")
+    need(cfg.student.init_steps >= 1 and cfg.student.init_batch_size >= 1 and cfg.student.init_lr > 0,
+         "student.init_steps", "the teacher start's steps, batch size and learning rate must be positive")
     need(cfg.student.dropout is None or 0 <= cfg.student.dropout < 1, "student.dropout", "must lie in [0, 1) or be null")
     e = cfg.eval
     need(all(n >= 1 for n in e.nfe), "eval.nfe", f"every NFE must be >= 1, got {e.nfe}")
@@ -326,6 +334,7 @@ def validate(cfg):
              f"eval.{key}", f"needs [i1, i2] pairs with 0 < i2 <= i1 < N-1 = {g.N - 1}, got {pairs}")
     need(e.num_samples >= 2 and e.batch_size >= 1, "eval.num_samples", "need at least 2 samples and a positive batch")
     need(e.num_actors >= 1, "eval.num_actors", "must be at least 1")
+    need(0 <= e.ema_rate < 1, "eval.ema_rate", f"an EMA rate in [0, 1) (0: the online weights), got {e.ema_rate}")
     need(e.likelihood_samples >= 1, "eval.likelihood_samples", "must be positive")
     s = cfg.sweep
     need(s.num_samples >= 1 and s.max_concurrent_trials >= 1, "sweep.num_samples",

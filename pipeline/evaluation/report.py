@@ -13,7 +13,8 @@ from pipeline.images import save_grid
 
 def model_label(info):
     if "checkpoint" in info:
-        return f"{Path(info['checkpoint']).name} step {info['step']} EMA {info['ema_rate']}"
+        weights = "online weights" if info["ema_rate"] == 0 else f"EMA {info['ema_rate']}"
+        return f"{Path(info['checkpoint']).name} step {info['step']} {weights}"
     return info.get("model", "model")
 
 

@@ -60,13 +60,14 @@ def check_same_config(exp, cfg):
 def check_sweep(cfg):
     """Refuse a sweep that cannot run (ConfigError naming the key) before anything starts; the reports per trial."""
     check_search_space(cfg)
+    if cfg.eval.ema_rate != 0 and cfg.eval.ema_rate not in cfg.train.ema_rates:
+        raise ConfigError(f"config key 'eval.ema_rate': trials keep EMAs at train.ema_rates "
+                          f"{list(cfg.train.ema_rates)}, not {cfg.eval.ema_rate}; score one of those, or 0 (the "
+                          "online weights)")
     reports = len(milestones(cfg.train.steps, cfg.sweep.report_every))
     if cfg.sweep.grace_period > reports:
         raise ConfigError(f"config key 'sweep.grace_period': {cfg.sweep.grace_period} exceeds the {reports} reports a "
                           f"trial makes (train.steps {cfg.train.steps} / sweep.report_every {cfg.sweep.report_every})")
-    if cfg.eval.ema_rate not in cfg.train.ema_rates:
-        raise ConfigError(f"config key 'eval.ema_rate': trials keep EMAs at train.ema_rates "
-                          f"{list(cfg.train.ema_rates)}, not {cfg.eval.ema_rate}; score one of those")
     return reports
 
 

@@ -27,6 +27,7 @@ from pipeline.train.data import CachedBatches, OnlineBatches, first_epoch
 from pipeline.train.rundir import RunDir, checkpoint_dir_name
 from pipeline.train.state import build_state, load_weights, resume, state_parts
 from pipeline.train.step import CTMStep, is_discriminator_step
+from pipeline.train.teacher_start import load_teacher_start
 
 SAMPLE_GRID = 64
 
@@ -143,7 +144,8 @@ def report(state, cfg, source, metrics, rank):
 
 
 def train_loop_per_worker(config):
-    """config: {"cfg": Config.to_dict(), "student_kwargs": CTMPrecond kwargs, "num_records": cache size or None}."""
+    """config: {"cfg": Config.to_dict(), "student_kwargs": CTMPrecond kwargs, "num_records": cache size or None,
+    "teacher_start": URL of the mixture teacher's student start or None}."""
     cfg = load_config(base=config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
@@ -154,7 +156,10 @@ def train_loop_per_worker(config):
     restoring = ray.train.get_checkpoint() is not None or t.init_checkpoint is not None
     teacher = build_teacher(cfg, device) if needs_teacher(cfg, restoring) else None
     kwargs = config["student_kwargs"]
-    state = build_state(cfg, kwargs, teacher, device)
+    start = None
+    if config.get("teacher_start") and not restoring:
+        start = load_teacher_start(config["teacher_start"], cfg.cache.storage_options)
+    state = build_state(cfg, kwargs, teacher, device, start)
     how = restore(state, cfg, device)
     state.G = ray.train.torch.prepare_model(state.G)
     if state.D is not None:

@@ -1,8 +1,8 @@
 """What a training run carries from step to step: G, its target θ⁻ and evaluation EMAs, D, both optimisers, the step.
 
-Built from the config and the teacher (reference §1, §3): the student is the teacher's EDM network plus the s-path
-(`student_from_teacher`) or the tiny DDPM++ for the digits mixture teacher; θ⁻ and every EMA start as copies of G;
-G uses RAdam (no weight decay, no LR decay), D RAdam with betas (0.5, 0.9).
+Built from the config and the teacher (reference §1, §3): the student is the teacher's EDM or ADM network plus the
+s-path (`student_from_teacher`) or the tiny DDPM++ for the digits mixture teacher; θ⁻ and every EMA start as copies of
+G; G uses RAdam (no weight decay, no LR decay), D RAdam with betas (0.5, 0.9).
 """
 
 import copy
@@ -42,35 +42,38 @@ def student_kwargs(cfg, teacher):
     elif isinstance(teacher, EDMTeacher):
         kwargs = dict(teacher.net.init_kwargs)
     else:
-        raise ValueError(f"student.architecture 'teacher' copies an EDM teacher's network, but teacher.kind is "
+        raise ValueError(f"student.architecture 'teacher' copies an EDM or ADM teacher's network, but teacher.kind is "
                          f"{type(teacher).__name__}; use student.architecture=tiny for the Gaussian-mixture teacher")
     if cfg.student.dropout is not None:
         kwargs["dropout"] = cfg.student.dropout
     return kwargs
 
 
-def build_student(cfg, kwargs, teacher=None):
-    """A fresh CTMPrecond; with architecture 'teacher' and init_from_teacher, every weight of `teacher` is copied in
-    (teacher None: the random initialisation stays, for a state that a checkpoint is about to overwrite)."""
+def build_student(cfg, kwargs, teacher=None, start=None):
+    """A fresh CTMPrecond: the weights `start` (a state dict: the teacher start of a mixture teacher), else with
+    architecture 'teacher' and init_from_teacher every weight of `teacher` copied in (teacher None: the random
+    initialisation stays, for a state that a checkpoint is about to overwrite)."""
     G = CTMPrecond(**kwargs)
-    if cfg.student.architecture == "teacher" and cfg.student.init_from_teacher and teacher is not None:
+    if start is not None:
+        G.load_state_dict(start)
+    elif cfg.student.architecture == "teacher" and cfg.student.init_from_teacher and teacher is not None:
         G.load_state_dict(student_from_teacher(teacher.net).state_dict())
     return G
 
 
-def build_state(cfg, kwargs, teacher, device):
+def build_state(cfg, kwargs, teacher, device, start=None):
     """A fresh TrainState on `device`, its random initial weights a function of train.seed (the teacher is only read
-    for its weights, when the student copies them)."""
+    for its weights, when the student copies them; `start` is the weights a mixture teacher's student starts from)."""
     t = cfg.train
     torch.manual_seed(t.seed)
-    G = build_student(cfg, kwargs, teacher).to(device).train()
+    G = build_student(cfg, kwargs, teacher, start).to(device).train()
     G_target = copy.deepcopy(G).requires_grad_(False)
     emas = {rate: copy.deepcopy(G).eval().requires_grad_(False) for rate in t.ema_rates}
     opt_G = torch.optim.RAdam(G.parameters(), lr=t.lr)
     D = opt_D = None
     if t.gan_start is not None:
-        D = build_discriminator(t.discriminator, img_channels=kwargs["img_channels"],
-                                weights_paths=t.discriminator_weights).to(device).train()
+        D = build_discriminator(t.discriminator, img_channels=kwargs["img_channels"], weights_paths=t.discriminator_weights,
+                                img_resolution=kwargs["img_resolution"]).to(device).train()
         opt_D = torch.optim.RAdam([p for p in D.parameters() if p.requires_grad], lr=t.lr_d, betas=tuple(t.betas_d))
     return TrainState(G, G_target, emas, D, opt_G, opt_D)
 

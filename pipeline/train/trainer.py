@@ -23,6 +23,7 @@ from pipeline.train.data import CacheEpochs
 from pipeline.train.loop import train_loop_per_worker
 from pipeline.train.rundir import RunDir
 from pipeline.train.state import student_kwargs
+from pipeline.train.teacher_start import needs_regression, teacher_start
 
 
 def check_cache(cfg):
@@ -40,7 +41,7 @@ def check_cache(cfg):
     return cache
 
 
-def preflight(cfg):
+def preflight(cfg, log=print):
     """Everything that can be refused before a worker starts. Returns (train_loop_config, datasets)."""
     teacher = build_teacher(cfg)
     kwargs = student_kwargs(cfg, teacher)
@@ -58,7 +59,8 @@ def preflight(cfg):
         num_records, datasets = cache.num_records, {"train": CacheEpochs(cfg, cache)}
     if cfg.train.init_checkpoint and "://" not in cfg.train.init_checkpoint:
         checkpoint_file(cfg.train.init_checkpoint)
-    return {"cfg": cfg.to_dict(), "student_kwargs": kwargs, "num_records": num_records}, datasets
+    start = teacher_start(cfg, teacher, kwargs, log) if needs_regression(cfg, teacher) else None
+    return {"cfg": cfg.to_dict(), "student_kwargs": kwargs, "num_records": num_records, "teacher_start": start}, datasets
 
 
 def build_trainer(cfg, loop_config, datasets):
@@ -89,7 +91,7 @@ def run_training(cfg, log=print):
     Raises before any step for bad input; ray.train.TrainingFailedError when workers failed more than
     train.max_failures times.
     """
-    loop_config, datasets = preflight(cfg)
+    loop_config, datasets = preflight(cfg, log)
     run = RunDir(cfg.train.storage_path, cfg.train.run_name, cfg.train.storage_options)
     done = run.checkpoint_steps()
     log(f"[train] run directory {run.url}" + (f" (continuing; newest checkpoint at step {done[-1]})" if done else ""))

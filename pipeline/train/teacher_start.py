@@ -1,0 +1,66 @@
+"""The student's start for a teacher without weights to copy (the Gaussian-mixture teacher), cached like the
+trajectories: `<cache.root>/teacher-start/<key>.pt` holds the CTMPrecond state dict that `ctm.teacher_start` regressed
+onto the teacher's exact denoiser. The key hashes everything that changes those weights (teacher digest, student
+architecture, dataset, regression settings, train.seed), so every run and sweep trial that agrees on them starts from
+one file, computed once on the driver before any worker starts.
+"""
+
+import hashlib
+import io
+import json
+import time
+
+import torch
+
+from ctm.student import CTMPrecond
+from ctm.teacher_start import regress_onto_teacher
+from pipeline.cache.store import CacheStore
+from pipeline.datasets import load_dataset
+from pipeline.teachers import teacher_identity
+
+FOLDER = "teacher-start"
+
+
+def needs_regression(cfg, teacher):
+    """A fresh student starts as its teacher by regression when the teacher has no network to copy."""
+    return cfg.student.init_from_teacher and teacher_identity(teacher)["kind"] == "gmm"
+
+
+def teacher_start_key(cfg, teacher, kwargs, data_identity):
+    s = cfg.student
+    fields = {"teacher": teacher_identity(teacher)["digest"], "student_kwargs": kwargs, "data": data_identity["digest"],
+              "steps": s.init_steps, "batch_size": s.init_batch_size, "lr": s.init_lr, "seed": cfg.train.seed,
+              "grid": [cfg.grid.sigma_min, cfg.grid.sigma_max, cfg.grid.rho], "version": 1}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def teacher_start(cfg, teacher, kwargs, log=print):
+    """The URL of the teacher start for this config, regressing it first when no run has yet (on this process)."""
+    images, labels, identity = load_dataset(cfg.data)
+    key = teacher_start_key(cfg, teacher, kwargs, identity)
+    store = CacheStore(cfg.cache.root, cfg.cache.storage_options).child(FOLDER)
+    rel = f"{key}.pt"
+    if store.objects("").get(rel):
+        log(f"[train] teacher start: {store.join_url(rel)} (cached)")
+        return store.join_url(rel)
+    log(f"[train] teacher start: regressing g(x, σ, s) onto the teacher's denoiser, {cfg.student.init_steps} steps "
+        f"of {cfg.student.init_batch_size} (once; cached at {store.join_url(rel)})")
+    started = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    G = CTMPrecond(**kwargs)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    labels = torch.as_tensor(labels) if cfg.data.use_labels else None
+    loss = regress_onto_teacher(G, teacher.denoise, torch.as_tensor(images), cfg.student.init_steps,
+                                cfg.student.init_batch_size, cfg.student.init_lr, generator, cfg.grid, labels,
+                                log=lambda line: log(f"[train] {line}"))
+    buffer = io.BytesIO()
+    torch.save(G.state_dict(), buffer)
+    store.write_bytes(rel, buffer.getvalue())
+    log(f"[train] teacher start: done in {time.perf_counter() - started:.0f} s, final loss {loss:.4g}")
+    return store.join_url(rel)
+
+
+def load_teacher_start(url, storage_options=None):
+    """The state dict at `url` (written by `teacher_start`)."""
+    store = CacheStore(url.rsplit("/", 1)[0], storage_options)
+    return torch.load(io.BytesIO(store.read_bytes(url.rsplit("/", 1)[1])), weights_only=True)
