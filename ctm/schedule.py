@@ -62,10 +62,15 @@ def joint_nkj(N, K):
     return Q
 
 
+def sample_k(K, generator=None):
+    """The k of one optimiser step, shared by all its micro-batches and workers: P(k) ∝ k on {1..K}."""
+    return int(torch.multinomial(k_probs(K), 1, generator=generator)) + 1
+
+
 def sample_official(batch, N, K, generator=None):
     """The official draw: one k per optimiser step, then per-sample n and s index j. Returns (k, n, j)."""
     _check_NK(N, K)
-    k = int(torch.multinomial(k_probs(K), 1, generator=generator)) + 1
+    k = sample_k(K, generator)
     n = torch.randint(0, N - k, (batch,), generator=generator)
     return k, n, sample_s_index(n, torch.full_like(n, k), N, generator)
 
@@ -91,20 +96,22 @@ def sample_s_index(n, k, N, generator=None):
 
 def sample_dsm_sigma(batch, generator=None, P_mean=-1.2, P_std=1.2, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
                      rho=RHO, diffusion_mult=0.7):
-    """DSM noise levels: ½ lognormal(P_mean, P_std) + ½ ρ-ramp uniform over its first `diffusion_mult` (reference §3)."""
-    lognormal = torch.exp(P_mean + P_std * torch.randn(batch, generator=generator, dtype=torch.float64))
-    r = diffusion_mult * torch.rand(batch, generator=generator, dtype=torch.float64)
+    """DSM noise levels of one micro-batch, split exactly in half as the official code does (reference §3): rows
+    [0, batch//2) lognormal(P_mean, P_std), the rest ρ-ramp uniform over its first `diffusion_mult` (σ_max down)."""
+    half = batch // 2
+    lognormal = torch.exp(P_mean + P_std * torch.randn(half, generator=generator, dtype=torch.float64))
+    r = diffusion_mult * torch.rand(batch - half, generator=generator, dtype=torch.float64)
     ramp = (sigma_max ** (1 / rho) + r * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    pick = torch.rand(batch, generator=generator) < 0.5
-    return torch.where(pick, lognormal, ramp)
+    return torch.cat([lognormal, ramp])
 
 
-def dsm_sigma_cdf(sigma, P_mean=-1.2, P_std=1.2, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
-                  diffusion_mult=0.7):
-    """Closed-form CDF of `sample_dsm_sigma` (for tests and documentation)."""
+def dsm_sigma_cdf(sigma, lognormal_share=0.5, P_mean=-1.2, P_std=1.2, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+                  rho=RHO, diffusion_mult=0.7):
+    """Closed-form CDF of a σ of `sample_dsm_sigma`: of a random row of a batch of B rows with lognormal_share =
+    (B // 2) / B; 1 gives the lognormal rows', 0 the ramp rows' (for tests and documentation)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     lognormal = 0.5 * (1 + torch.erf((sigma.log() - P_mean) / (P_std * math.sqrt(2))))
     a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     r = (a - sigma.clamp_min(1e-300) ** (1 / rho)) / (a - b)  # ramp position of sigma
     ramp = 1 - (r / diffusion_mult).clamp(0, 1)
-    return 0.5 * lognormal + 0.5 * ramp
+    return lognormal_share * lognormal + (1 - lognormal_share) * ramp

@@ -73,7 +73,7 @@ def main(argv=None):
     G = build_ctm_student(**tiny_songunet_kwargs(8, 1))
     G_target = copy.deepcopy(G).requires_grad_(False)
     G_ema = copy.deepcopy(G).requires_grad_(False)
-    D = build_discriminator("tiny", img_channels=1, tiny_resolution=32)
+    D = build_discriminator("pixels", img_channels=1, img_resolution=8)
     opt_G = torch.optim.RAdam(G.parameters(), lr=args.lr)
     opt_D = torch.optim.RAdam([p for p in D.parameters() if p.requires_grad], lr=2e-3, betas=(0.5, 0.9))
     ctm_loss, dsm_loss = CTMLoss(build_distance("l2")), DSMLoss()

@@ -4,6 +4,13 @@
         --local-cpus 8
     ray job submit --working-dir . -- python -m jobs.train --config ... --set train.storage_path=s3://bucket/runs
 
+The official CIFAR-10 recipe is two runs (reference §3): CTM + DSM, then a GAN run started from its checkpoint with
+θ⁻ reset to that checkpoint's 0.999 EMA, a fresh discriminator and step 0 (--from-checkpoint DIR does the reset):
+
+    python -m jobs.train --config jobs/configs/cifar10_uncond.yaml
+    python -m jobs.train --config jobs/configs/cifar10_uncond_gan.yaml \
+        --from-checkpoint runs/cifar10_uncond/train/cifar10_uncond/checkpoint_0050000
+
 Runs on the cluster `ray.init()` finds (RAY_ADDRESS under `ray job submit`, else a local one). Rerunning the same
 command continues the run from its newest checkpoint. Exit status: 0 done, 2 bad input (nothing ran), 1 training
 failed beyond train.max_failures.
@@ -20,10 +27,27 @@ from pipeline.datasets import DatasetError
 from pipeline.train import run_training
 
 
+FROM_CHECKPOINT_HELP = ("start a new run from another run's checkpoint (directory, checkpoint.pt or URL): sets "
+                        "train.init_checkpoint=DIR and train.init_target=ema_0.999, the official θ⁻ reset")
+
+
+def parser():
+    p = stage_parser(__doc__, "train.lr=1e-4")
+    p.add_argument("--from-checkpoint", metavar="DIR", help=FROM_CHECKPOINT_HELP)
+    return p
+
+
+def config(args):
+    """The run's config: --config, then --from-checkpoint's two keys, then --set (which may override them)."""
+    start = [] if args.from_checkpoint is None else [("train.init_checkpoint", args.from_checkpoint),
+                                                     ("train.init_target", "ema_0.999")]
+    return load_config(args.config, [*start, *args.set])
+
+
 def main(argv=None):
-    args = stage_parser(__doc__, "train.lr=1e-4").parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = config(args)
     except ConfigError as e:
         return fail(e, 2)
     print(cfg.dump(), flush=True)

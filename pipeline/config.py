@@ -83,6 +83,8 @@ class TrainConfig:
     batch_size: int = 64              # global batch per step
     micro_batch: int | None = None    # per-worker micro-batch (None = whole share); sums of micro-batch means
     lr: float = 4e-4
+    lr_schedule: str = "constant"    # constant (official) | cosine: lr·½(1 + cos(π·step/decay)), for short runs
+    lr_decay_steps: int | None = None # the cosine's length (None = train.steps)
     lr_d: float = 2e-3
     betas_d: tuple = (0.5, 0.9)
     target_ema: float = 0.999         # μ of θ⁻
@@ -102,6 +104,8 @@ class TrainConfig:
     storage_options: dict = field(default_factory=dict)  # fsspec options when storage_path is a URL (endpoint_url ...)
     run_name: str = "ctm"
     init_checkpoint: str | None = None  # start from another run's checkpoint (e.g. GAN stage from CTM+DSM)
+    init_target: str = "target"       # θ⁻ at init_checkpoint: its "target", or "ema_<rate>" (official: ema_0.999)
+    queue_steps: int = 4              # cached mode: rows of each k queued, in shares of a step (more: fewer dropped)
     checkpoint_every: int = 200
     num_to_keep: int = 3
     max_failures: int = 3
@@ -312,8 +316,17 @@ def validate(cfg):
     need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be positive")
     need(t.log_every >= 1 and t.num_to_keep >= 1, "train.log_every", "log_every and num_to_keep must be positive")
     need(t.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1: retry forever)")
+    need(t.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
+         f"must be 'constant' or 'cosine', got {t.lr_schedule!r}")
+    need(t.lr_decay_steps is None or t.lr_decay_steps >= 1, "train.lr_decay_steps", "must be positive or null")
     need(t.lr > 0 and t.lr_d > 0, "train.lr", f"learning rates must be positive, got lr={t.lr}, lr_d={t.lr_d}")
     need(t.gan_start is None or t.gan_start >= 0, "train.gan_start", "must be >= 0 or null (no GAN)")
+    ema = t.init_target.startswith("ema_") and t.init_target[4:].replace(".", "", 1).isdigit()
+    need(t.init_target == "target" or ema, "train.init_target",
+         f"must be 'target' or 'ema_<rate>' (an EMA the checkpoint holds, e.g. ema_0.999), got {t.init_target!r}")
+    need(t.init_target == "target" or t.init_checkpoint, "train.init_target",
+         "resets θ⁻ from train.init_checkpoint's EMA; set train.init_checkpoint (or use --from-checkpoint DIR)")
+    need(t.queue_steps >= 1, "train.queue_steps", f"must be at least 1, got {t.queue_steps}")
     need(t.fail_at_step is None or 0 <= t.fail_at_step < t.steps, "train.fail_at_step", "test-only; must lie in [0, steps)")
     need(cfg.student.architecture in ("teacher", "tiny"), "student.architecture",
          f"must be 'teacher' or 'tiny', got {cfg.student.architecture!r}")

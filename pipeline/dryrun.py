@@ -9,6 +9,7 @@ from pipeline.datasets import check_dataset
 from pipeline.evaluation.features import check_features
 from pipeline.teachers import build_teacher, teacher_identity
 from pipeline.train.state import student_kwargs
+from pipeline.train.teacher_start import needs_regression, teacher_start_source
 
 
 def _need_file(path, key, what):
@@ -32,12 +33,14 @@ def dry_run(cfg):
     kwargs = student_kwargs(cfg, teacher)
     lines.append(f"student: {kwargs['model_type']} {kwargs.get('model_channels')} channels, "
                  f"{kwargs['label_dim']} labels")
+    if needs_regression(cfg, teacher):
+        lines.append(f"student start: {teacher_start_source(cfg, teacher, kwargs)}")
     t = cfg.train
     if t.distance == "lpips":
         lines += [_need_file(t.lpips_vgg_path, "train.lpips_vgg_path", "torchvision's vgg16-397923af.pth"),
                   _need_file(t.lpips_lin_path, "train.lpips_lin_path", "the lpips package's vgg.pth")]
     if t.gan_start is not None:
-        for arch in (a for a in t.discriminator.split("+") if a != "tiny"):
+        for arch in (a for a in t.discriminator.split("+") if a not in ("tiny", "pixels")):
             what = (f"torchvision's {TORCHVISION_WEIGHT_FILES[arch]}" if arch in TORCHVISION_WEIGHT_FILES else
                     f"model.safetensors of {TIMM_WEIGHTS[arch]}" if arch in TIMM_WEIGHTS else f"the {arch} weights")
             lines.append(_need_file(t.discriminator_weights.get(arch), f"train.discriminator_weights.{arch}", what))

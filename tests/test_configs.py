@@ -10,10 +10,14 @@ from pipeline.datasets import check_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 PAPER = {  # ref. ctm-method.md §0, §3 and "Numbers to anchor on"
-    "cifar10_uncond.yaml": dict(N=18, K=17, batch=256, micro=16, target_ema=0.9999, labels=False, gan_start=50000,
+    "cifar10_uncond.yaml": dict(N=18, K=17, batch=384, micro=16, target_ema=0.999, labels=False, gan_start=None,
                                 teacher="edm-cifar10-32x32-uncond-vp.pkl", kind="edm", data="cifar10"),
-    "cifar10_cond.yaml": dict(N=18, K=17, batch=256, micro=16, target_ema=0.999, labels=True, gan_start=50000,
+    "cifar10_uncond_gan.yaml": dict(N=18, K=17, batch=528, micro=11, target_ema=0.9999, labels=False, gan_start=0,
+                                    teacher="edm-cifar10-32x32-uncond-vp.pkl", kind="edm", data="cifar10"),
+    "cifar10_cond.yaml": dict(N=18, K=17, batch=256, micro=16, target_ema=0.999, labels=True, gan_start=None,
                               teacher="edm-cifar10-32x32-cond-vp.pkl", kind="edm", data="cifar10"),
+    "cifar10_cond_gan.yaml": dict(N=18, K=17, batch=528, micro=11, target_ema=0.999, labels=True, gan_start=0,
+                                  teacher="edm-cifar10-32x32-cond-vp.pkl", kind="edm", data="cifar10"),
     "imagenet64.yaml": dict(N=40, K=39, batch=1440, micro=18, target_ema=0.999, labels=True, gan_start=None,
                             teacher="edm_imagenet64_ema.pt", kind="adm", data="imagenet64"),
 }
@@ -61,6 +65,17 @@ def test_paper_configs_carry_the_official_hyperparameters(name):
     assert 1 in e.nfe and 2 in e.nfe and 0.0 in e.gammas
 
 
+@pytest.mark.parametrize("kind", ["uncond", "cond"])
+def test_cifar10_gan_stage_starts_from_the_ctm_dsm_stage(kind):
+    """Stage 2 starts from stage 1's last checkpoint with θ⁻ from its 0.999 EMA and reads the same cache."""
+    one, two = (load_config(CONFIGS / f"cifar10_{kind}{suffix}.yaml") for suffix in ("", "_gan"))
+    t = one.train
+    assert two.train.init_checkpoint == f"{t.storage_path}/{t.run_name}/checkpoint_{t.steps:07d}"
+    assert two.train.init_target == "ema_0.999" and two.train.run_name != t.run_name and one.train.init_checkpoint is None
+    for section in ("teacher", "data", "grid", "cache", "student"):
+        assert getattr(one, section) == getattr(two, section), section
+
+
 def test_imagenet64_gan_stage_overrides_from_its_comment_are_valid():
     cfg = load_config(CONFIGS / "imagenet64.yaml", ["train.init_checkpoint=runs/imagenet64/ckpt", "train.gan_start=0",
                                                    "train.lr=8.0e-6", "train.batch_size=2112", "train.micro_batch=11",
@@ -73,7 +88,8 @@ def test_digits_is_the_small_embedded_default():
     assert (cfg.teacher.kind, cfg.data.name, cfg.student.architecture, cfg.train.teacher_mode) == \
         ("gmm", "digits", "tiny", "cached")
     assert cfg.grid.N == 18 and cfg.train.distance in ("l2", "pseudo_huber") and cfg.eval.features == "digits"
-    assert not cfg.data.hflip and cfg.train.steps <= 1000 and cfg.train.gan_start < cfg.train.steps
+    assert not cfg.data.hflip and cfg.train.steps <= 1000 and cfg.train.lr_schedule == "cosine"
+    assert cfg.student.init_from_teacher and cfg.train.discriminator == "pixels"  # a start as the teacher
     assert check_dataset(cfg.data)["image_shape"] == [1, 8, 8]
 
 

@@ -287,3 +287,24 @@ def test_feature_maps_that_do_not_fit_the_heads_are_refused():
         ProjectedDiscriminator([TinyFeatureNetwork(1, resolution=16)], cout=8)
     with pytest.raises(ValueError, match=r"\[20, 10, 5, 3\]-pixel maps.*divisible by 16"):
         ProjectedDiscriminator([TinyFeatureNetwork(1, resolution=40)], cout=8)
+
+
+def test_pixel_discriminator_reads_tiny_images_with_its_own_trainable_features():
+    D = build_discriminator("pixels", img_channels=1, img_resolution=8)
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [1, 2, 1]  # 8 -> 8 -> 4 -> 4x4 logits
+    assert all(hasattr(c, "parametrizations") for c in convs)  # spectrally normalised
+    assert all(p.requires_grad for p in D.parameters())
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    D.eval()
+    assert D(x).shape == (5, 16) and torch.equal(D(x), D(x))  # no augmentation outside training
+    D.train()
+    D(x).mean().backward()
+    assert all(p.grad is not None for p in D.parameters())
+    assert build_discriminator("pixels", img_channels=3, img_resolution=32)(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
+    with pytest.raises(ValueError, match="power-of-two"):
+        build_discriminator("pixels", img_channels=1, img_resolution=6)
+    with pytest.raises(ValueError, match="img_resolution"):
+        build_discriminator("pixels", img_channels=1)
+    with pytest.raises(ValueError, match="8-pixel images"):
+        D(torch.zeros(1, 1, 16, 16))

@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 from ctm.schedule import (conditional_k, dsm_sigma_cdf, joint_nk, joint_nkj, k_probs, karras_grid, marginal_n,
-                          sample_dsm_sigma, sample_k_given_n, sample_n, sample_official)
+                          sample_dsm_sigma, sample_k, sample_k_given_n, sample_n, sample_official)
 
 
 def test_karras_grid_matches_closed_form():
@@ -78,11 +78,35 @@ def test_sampler_is_sensitive_to_a_wrong_law():
     assert chi2_pvalue(counts, marginal_n(N, K).numpy()) < 1e-6
 
 
-def test_dsm_sigma_mixture_matches_its_cdf():
-    sigma = sample_dsm_sigma(100000, torch.Generator().manual_seed(4))
-    ks = stats.kstest(sigma.numpy(), lambda s: dsm_sigma_cdf(torch.from_numpy(np.asarray(s))).numpy())
-    assert ks.pvalue > 1e-3
-    # half of the mass is the ramp over [0.318, 80]
+def test_dsm_sigma_splits_every_micro_batch_exactly_in_half():
+    """Rows [0, B//2) are lognormal(−1.2, 1.2) and the rest ρ-ramp uniform on [0.318, 80], in every batch (odd B too):
+    a coin per sample would put ramp values in the first half and lognormal ones (most below 0.318) in the second."""
+    g = torch.Generator().manual_seed(4)
+    batches = [sample_dsm_sigma(7, g) for _ in range(20000)]
+    first = torch.cat([b[:3] for b in batches]).numpy()
+    rest = torch.cat([b[3:] for b in batches]).numpy()
     ramp_lo = (80 ** (1 / 7) + 0.7 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert math.isclose(ramp_lo, 0.318, abs_tol=1e-3)
+    assert rest.min() >= ramp_lo and rest.max() <= 80.0
+    cdf = lambda share: lambda s: dsm_sigma_cdf(torch.from_numpy(np.asarray(s)), lognormal_share=share).numpy()
+    assert stats.kstest(first, cdf(1.0)).pvalue > 1e-3
+    assert stats.kstest(rest, cdf(0.0)).pvalue > 1e-3
+    assert stats.kstest(np.concatenate([first, rest]), cdf(3 / 7)).pvalue > 1e-3
+    assert stats.kstest(first, cdf(0.5)).pvalue < 1e-6  # the test tells the halves apart
+    assert (first < ramp_lo).mean() == pytest.approx(stats.norm.cdf((math.log(ramp_lo) + 1.2) / 1.2), abs=0.01)
     assert math.isclose(float(dsm_sigma_cdf(80.0)), 0.5 + 0.5 * stats.norm.cdf((math.log(80) + 1.2) / 1.2), rel_tol=1e-9)
+
+
+def test_dsm_sigma_ramp_follows_the_grid():
+    """A non-default grid moves the ramp half: ρ-uniform over the first 70% of its own σ_max → σ_min ramp."""
+    sigma = sample_dsm_sigma(1000, torch.Generator().manual_seed(5), sigma_min=0.01, sigma_max=20.0, rho=3.0)
+    lo = (20 ** (1 / 3) + 0.7 * (0.01 ** (1 / 3) - 20 ** (1 / 3))) ** 3
+    assert sigma[500:].min() >= lo and sigma[500:].max() <= 20.0
+    cdf = lambda s: dsm_sigma_cdf(torch.from_numpy(np.asarray(s)), 0.0, sigma_min=0.01, sigma_max=20.0, rho=3.0).numpy()
+    assert stats.kstest(sigma[500:].numpy(), cdf).pvalue > 1e-3
+
+
+def test_one_k_per_step_follows_p_k():
+    g = torch.Generator().manual_seed(6)
+    counts = np.bincount([sample_k(17, g) for _ in range(20000)], minlength=18)
+    assert counts[0] == 0 and chi2_pvalue(counts[1:], k_probs(17).numpy()) > 1e-3

@@ -26,7 +26,7 @@ def sweep_config(root, *overrides):
     """Three tiny trials, one at a time, each trained 2 steps and scored after each (ASHA sees 2 reports); the
     second dies at its first step (train.fail_at_step, test only) with no Train or Tune retries."""
     return load_config(overrides=[
-        "student.architecture=tiny", "train.distance=l2", "train.batch_size=8", "train.ema_rates=[0.9]",
+        "student.architecture=tiny", "student.init_steps=10", "train.distance=l2", "train.batch_size=8", "train.ema_rates=[0.9]",
         "train.steps=2", "train.checkpoint_every=100", "train.log_every=1", "train.max_failures=0",
         f"cache.root={root / 'cache'}", "cache.num_records=32", "cache.records_per_shard=32",
         "eval.num_samples=100", "eval.batch_size=100", "eval.ema_rate=0.9",

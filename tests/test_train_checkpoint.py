@@ -3,9 +3,12 @@
 import pytest
 import torch
 
+from jobs.train import config as job_config
+from jobs.train import parser
 from pipeline.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_student, save_checkpoint
 from pipeline.config import load_config
 from pipeline.teachers import build_teacher
+from pipeline.train import loop
 from pipeline.train.state import build_state, load_weights, resume, state_parts, student_kwargs
 
 
@@ -15,7 +18,7 @@ def teacher():
 
 
 def config(*overrides):
-    return load_config(overrides=["student.architecture=tiny", "train.distance=l2", "train.ema_rates=[0.9, 0.99]",
+    return load_config(overrides=["student.architecture=tiny", "student.init_steps=10", "train.distance=l2", "train.ema_rates=[0.9, 0.99]",
                                   *overrides])
 
 
@@ -80,6 +83,30 @@ def test_gan_stage_from_another_runs_checkpoint_takes_weights_only(teacher, tmp_
     assert all(torch.equal(v, parts["ema"]["0.9"][k]) for k, v in state.emas[0.9].state_dict().items())
     assert all(torch.equal(v, fresh_D[k]) for k, v in state.D.state_dict().items())
     assert state.step == 0 and not state.opt_G.state_dict()["state"]
+
+
+def test_gan_stage_resets_the_target_to_the_first_runs_ema(teacher, tmp_path, monkeypatch):
+    """The official second stage (python -m jobs.train --from-checkpoint DIR): G and the EMAs from the CTM+DSM run's
+    checkpoint, θ⁻ from its 0.999 EMA (not its θ⁻), a fresh D and fresh optimisers, step 0."""
+    first = config("train.ema_rates=[0.999, 0.9999]")
+    save(tmp_path, first, perturbed(config("train.ema_rates=[0.999, 0.9999]", "train.gan_start=0"), teacher, 5))
+    parts = load_checkpoint(tmp_path)
+    args = parser().parse_args(["--from-checkpoint", str(tmp_path), "--set", "student.architecture=tiny", "student.init_steps=10",
+                                "--set", "train.distance=l2", "--set", "train.gan_start=0",
+                                "--set", "train.target_ema=0.9999"])
+    cfg = job_config(args)
+    assert (cfg.train.init_checkpoint, cfg.train.init_target) == (str(tmp_path), "ema_0.999")
+    monkeypatch.setattr(loop.ray.train, "get_checkpoint", lambda: None)  # a new run: nothing of its own to resume
+    state = build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu")
+    fresh_D = {k: v.clone() for k, v in state.D.state_dict().items()}
+    how, data = loop.restore(state, cfg, "cpu")
+    same = lambda module, sd: all(torch.equal(v, sd[k]) for k, v in module.state_dict().items())
+    assert same(state.G_target, parts["ema"]["0.999"]) and not same(state.G_target, parts["target"])
+    assert same(state.G, parts["student"]) and same(state.emas[0.9999], parts["ema"]["0.9999"])
+    assert same(state.D, fresh_D) and state.step == 0 and data is None and "ema 0.999" in how
+    assert not state.opt_G.state_dict()["state"] and not state.opt_D.state_dict()["state"]
+    with pytest.raises(ValueError, match=r"rates \['0.999', '0.9999'\]"):
+        load_weights(state, parts, "ema_0.99")
 
 
 def test_refusals(teacher, tmp_path):

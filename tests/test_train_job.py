@@ -36,7 +36,7 @@ def test_a_missing_teacher_file_is_refused(ray_cluster, tmp_path, capsys):
 
 
 def test_a_missing_cache_is_refused(teacher_path, tmp_path):
-    cfg = load_config(overrides=["student.architecture=tiny", f"cache.root={tmp_path}", "train.distance=l2",
+    cfg = load_config(overrides=["student.architecture=tiny", "student.init_steps=10", f"cache.root={tmp_path}", "train.distance=l2",
                                  f"teacher.path={teacher_path}"])
     with pytest.raises(CacheNotFoundError, match="generate_trajectories"):
         preflight(cfg)
@@ -46,7 +46,7 @@ def test_the_tiny_student_mirrors_the_teacher_and_teacher_architecture_needs_an_
     common = ["train.teacher_mode=online", "train.distance=l2", f"teacher.path={teacher_path}"]
     with pytest.raises(ValueError, match="student.architecture=tiny"):
         preflight(load_config(overrides=common))
-    loop_config, datasets = preflight(load_config(overrides=common + ["student.architecture=tiny",
+    loop_config, datasets = preflight(load_config(overrides=common + ["student.architecture=tiny", "student.init_steps=10",
                                                                       "student.dropout=0.1"]))
     kwargs = loop_config["student_kwargs"]
     assert (kwargs["img_channels"], kwargs["img_resolution"], kwargs["label_dim"], kwargs["dropout"]) == (1, 8, 0, 0.1)

@@ -1,19 +1,38 @@
 """One optimiser step in this process (no Ray): micro-batching, the G/D alternation, the official draws, learning."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
+import ctm.losses
 from ctm.networks import build_edm_network, tiny_songunet_kwargs
-from ctm.schedule import karras_grid, sample_official
+from ctm.schedule import (joint_nkj, k_probs, karras_grid, sample_dsm_sigma, sample_k_given_n, sample_n,
+                          sample_official, sample_s_index)
 from ctm.teachers import EDMTeacher
 from pipeline.config import load_config
 from pipeline.datasets import load_dataset
 from pipeline.teachers import build_teacher
-from pipeline.train.data import CachedBatches, OnlineBatches
+from pipeline.train.data import (CachedBatches, OnlineBatches, newest_data_position, step_k, stream_epoch,
+                                 worker_positions)
+from pipeline.train import step as step_module
+from pipeline.train.rundir import RunDir
 from pipeline.train.state import build_state, student_kwargs
-from pipeline.train.step import CTMStep, micro_batches
+from pipeline.train.step import STREAM_STEP, CTMStep, generator_for, micro_batches
+from test_schedule import chi2_pvalue
 
 GRID = karras_grid(18)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core machine: one torch thread is much faster than two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -112,28 +131,190 @@ def test_online_batches_visit_every_image_once_per_epoch(digits):
 
 
 class ListShard:
-    """A stand-in for a ray.data.DataIterator: the same batches on every pass."""
+    """A stand-in for a ray.data.DataIterator: the same rows on every pass (epoch), in batches of the size asked."""
 
-    def __init__(self, rows, size):
-        self.rows, self.size = rows, size
+    def __init__(self, rows):
+        self.rows = rows
 
-    def iter_torch_batches(self, batch_size, **shuffle):
-        n = len(self.rows["n"])
-        for i in range(0, n, self.size):
-            yield {k: v[i:i + self.size] for k, v in self.rows.items()}
+    def iter_torch_batches(self, batch_size):
+        for i in range(0, len(self.rows["n"]), batch_size):
+            yield {k: v[i:i + batch_size] for k, v in self.rows.items()}
+
+
+def cache_rows(M, N, K, seed):
+    """M cache rows as the trajectory cache yields them: n from its marginal, k ~ P(k | n); x_t and x_u (1×1×2)
+    hold (record index, grid index) of the states they stand for."""
+    g = torch.Generator().manual_seed(seed)
+    n = sample_n(M, N, K, g)
+    k = sample_k_given_n(n, N, K, g)
+    index = torch.arange(M)
+    state = lambda j: torch.stack([index, j], 1).float().view(M, 1, 1, 2)
+    return {"x0": torch.zeros(M, 1, 1, 2), "label": torch.zeros(M, dtype=torch.long), "index": index, "n": n, "k": k,
+            "x_t": state(n), "x_u": state(n + k)}
+
+
+def test_cached_steps_share_one_k_across_micro_batches_and_workers():
+    """Every row of a step carries the step's k (a function of train.seed and the step alone), on both workers; each
+    row is its record's (x_t, x_u) = (states[n], states[n+k]) and is used once per pass."""
+    N, K, share = 18, 17, 8
+    workers = [CachedBatches(ListShard(cache_rows(5000, N, K, seed)), share, K, seed=3) for seed in (0, 1)]
+    used = [[], []]
+    for step in range(150):
+        k = step_k(3, step, K)
+        for rank, source in enumerate(workers):
+            b = source(step)
+            assert b["k"].tolist() == [k] * share and (b["n"] <= N - 1 - k).all()
+            assert torch.equal(b["x_t"].flatten(1), torch.stack([b["index"], b["n"]], 1).float())
+            assert torch.equal(b["x_u"].flatten(1), torch.stack([b["index"], b["n"] + k], 1).float())
+            used[rank] += b["index"].tolist()
+    assert len(set(used[0])) == len(used[0]) and len({step_k(3, s, K) for s in range(150)}) > 8
+    position = workers[0].position(150)
+    assert position["rows"] - position["unused"] == 150 * share and position["rows"] <= 5000
+
+
+def conditional_pvalue(n, k, j, N, K):
+    """Chi-square p-value of the samples' (n, j) given their k against the official law (k is shared by a whole
+    step, so its own frequencies are tested over steps, not samples)."""
+    counts = np.zeros((N, K + 1, N))
+    np.add.at(counts, (np.asarray(n), np.asarray(k), np.asarray(j)), 1)
+    law = joint_nkj(N, K).numpy()
+    expected = counts.sum((0, 2), keepdims=True) * law / law.sum((0, 2), keepdims=True).clip(1e-300)
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "drew an impossible (n, k, j)"
+    return stats.chisquare(counts[keep], expected[keep], ddof=int((counts.sum((0, 2)) > 0).sum()) - 1).pvalue
+
+
+def test_cached_steps_follow_the_official_joint_law():
+    """Over many steps the k of the steps follows P(k) ∝ k, and the (n, j) of the samples given k (j: the grid index
+    of s, drawn by CTMStep) follow U{0..N−1−k} × U{n+k..N−1}: together the joint law joint_nkj. Taking the next rows
+    whose n fits the step's k instead (so that n | k follows the cache's marginal of n) fails the same test."""
+    N, K, share, steps = 8, 7, 32, 1500
+    cfg = config("grid.N=8", f"train.batch_size={share}", "train.micro_batch=8")
+    grid = karras_grid(N)
+    step = CTMStep(cfg, grid)
+    rows = cache_rows(100000, N, K, 0)
+    source = CachedBatches(ListShard(rows), share, K, seed=0)
+    n, k, j = [], [], []
+    for i in range(steps):
+        for m, mb in enumerate(micro_batches(source(i), 8)):
+            n_, k_, _, _, s = step.times(mb, generator_for(0, i, m, STREAM_STEP))
+            n.append(n_), k.append(k_), j.append((s[:, None] == grid.float()).int().argmax(1))
+    n, k, j = (torch.cat(a).numpy() for a in (n, k, j))
+    step_ks = k[::share]
+    assert (k.reshape(steps, share) == step_ks[:, None]).all()
+    assert chi2_pvalue(np.bincount(step_ks, minlength=K + 1)[1:], k_probs(K).numpy()) > 1e-3
+    assert conditional_pvalue(n, k, j, N, K) > 1e-3
+    # the wrong design: the step's k on the next stream rows with n <= N-1-k
+    g, stream, wrong = torch.Generator().manual_seed(1), iter(range(len(rows["n"]))), []
+    for i in range(steps):
+        k_ = step_k(0, i, K)
+        for _ in range(share):
+            r = next(r for r in stream if rows["n"][r] <= N - 1 - k_)
+            n_ = int(rows["n"][r])
+            wrong.append((n_, k_, int(sample_s_index(torch.tensor([n_]), torch.tensor([k_]), N, g))))
+    assert conditional_pvalue(*zip(*wrong), N, K) < 1e-6
 
 
 def test_cached_batches_resume_where_they_stopped():
-    """A worker resumed at step s with its stream starting at the checkpoint's epoch continues with the rows an
-    uninterrupted worker would take, across pass (epoch) boundaries."""
-    M, share = 10, 4
-    rows = {"n": torch.arange(M), "k": torch.ones(M, dtype=torch.long), "x0": torch.arange(M).float()}
-    straight = CachedBatches(ListShard(rows, 3), share)
-    taken = [straight(step)["n"].tolist() for step in range(8)]
-    assert taken[2] == [8, 9, 0, 1] and sum(taken, []) == list(range(M)) * 3 + [0, 1]
-    for step in (3, 5, 6):
-        resumed = CachedBatches(ListShard(rows, 3), share, step, first_epoch=step * share // M, rows_per_epoch=M)
-        assert resumed(step)["n"].tolist() == taken[step]
+    """A worker resumed from a checkpoint's position (its stream restarted at stream_epoch) takes the batches an
+    uninterrupted worker takes after that checkpoint, across epoch boundaries (both take their positions at the same
+    checkpoints); the queues hold at most queue_steps shares each and every pulled row is used or counted unused."""
+    N, K, M, share = 6, 5, 40, 4
+    rows = cache_rows(M, N, K, 2)
+    straight = CachedBatches(ListShard(rows), share, K, seed=5, queue_steps=2)
+    taken, positions = [], {}
+    for step in range(60):
+        if step % 7 == 0:
+            positions[step] = {"mode": "cached", "workers": [straight.position(step)]}
+        taken.append(straight(step))
+        assert sum(straight.lengths.values()) <= 2 * share * K
+    assert positions[56]["workers"][0]["rows"] > 2 * M  # several epochs
+    for step, data in positions.items():
+        first = stream_epoch(data, M, 1)
+        resumed = CachedBatches(ListShard(rows), share, K, seed=5, queue_steps=2, position=data["workers"][0],
+                                stream_start=first * M)
+        for later in range(step, 60):
+            if later % 7 == 0 and later > step:
+                assert resumed.position(later) == positions[later]["workers"][0]  # the loop's checkpoints
+            b = resumed(later)
+            assert all(torch.equal(b[key], taken[later][key]) for key in b)
+    end = straight.position(60)
+    assert end["rows"] - end["unused"] == 60 * share
+
+
+def test_data_positions_of_several_workers(tmp_path):
+    """The stream starts at the epoch of the worker that had pulled the fewest rows; a resume on another number of
+    workers shares the rows out; the driver reads the newest checkpoint's data.json (a folder without one is
+    skipped)."""
+    data = {"mode": "cached", "workers": [{"rows": 250, "unused": 10}, {"rows": 190, "unused": 6}]}
+    assert stream_epoch(data, 200, 2) == 1 and stream_epoch(None, 200, 2) == 0
+    assert worker_positions(data, 1) == [{"rows": 440, "unused": 16}]
+    run = RunDir(str(tmp_path), "r")
+    assert newest_data_position(run) == (0, None)
+    for step, text in [(2, json.dumps({"mode": "online", "epoch": 0, "offset": 8})), (4, json.dumps(data)), (6, None)]:
+        (tmp_path / "r" / f"checkpoint_{step:07d}").mkdir(parents=True)
+        if text is not None:
+            (tmp_path / "r" / f"checkpoint_{step:07d}" / "data.json").write_text(text)
+    assert newest_data_position(run) == (4, data)
+
+
+def test_distance_and_adaptive_weights_are_fp32_under_bf16_autocast(digits, monkeypatch):
+    """G and θ⁻ under bf16 autocast (forced on the CPU, and the whole step inside torch.autocast('cpu', bf16) too):
+    the CTM distance, λ_DSM and λ_GAN are computed with autocast off, in fp32, and equal an fp32 computation on the
+    same inputs; D's logits are fp32; the networks did run in bf16."""
+    teacher, images, labels = digits
+    cfg = config("train.gan_start=0")
+    conv = torch.nn.Conv2d(1, 8, 3)  # a feature distance like LPIPS: under autocast its conv runs in bf16
+    feature_distance = lambda x, y: (conv(x) - conv(y)).square().flatten(1).mean(1)
+    distances, weights, dtypes = [], [], {"G": set(), "D": set()}
+
+    def distance(x, y):
+        out = feature_distance(x, y)
+        distances.append((x.detach().clone(), y.detach().clone(), out.detach().clone()))
+        return out
+
+    def adaptive_weight(loss, other, last_layer, lo, hi, eps=1e-4):
+        lam = original(loss, other, last_layer, lo, hi, eps)
+        norms = [torch.autograd.grad(f, last_layer, retain_graph=True)[0].double().norm() for f in (loss, other)]
+        weights.append((torch.is_autocast_enabled("cpu"), lam, (norms[0] / (norms[1] + eps)).clamp(lo, hi)))
+        return lam
+
+    original = ctm.losses.adaptive_weight
+    monkeypatch.setattr(ctm.losses, "adaptive_weight", adaptive_weight)
+    monkeypatch.setattr(step_module, "build_distance", lambda *paths: distance)
+    state, step = fresh(cfg, teacher), CTMStep(cfg, GRID, teacher, amp=True)
+    first_conv = next(m for m in state.G.modules() if type(m).__name__ == "Conv2d")  # EDM's own Conv2d
+    first_conv.register_forward_hook(lambda m, i, out: dtypes["G"].add(out.dtype))
+    state.D.register_forward_hook(lambda m, i, out: dtypes["D"].add(out.dtype))
+    batch = OnlineBatches(images, labels, cfg, GRID)(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = step(state, {**batch, "x_u": batch["x_t"]})  # any x_u: no teacher solve needed here
+    assert dtypes == {"G": {torch.bfloat16}, "D": {torch.float32}} and "lambda_gan" in stats
+    assert len(distances) == 1 and len(weights) == 2  # one micro-batch: d, λ_DSM, λ_GAN
+    x, y, out = distances[0]
+    assert x.dtype == y.dtype == out.dtype == torch.float32
+    torch.testing.assert_close(out, feature_distance(x, y), rtol=1e-6, atol=0)
+    for autocast_on, lam, fp64 in weights:
+        assert not autocast_on and lam.dtype == torch.float32
+        torch.testing.assert_close(lam.double(), fp64, rtol=1e-6, atol=0)
+
+
+def test_dsm_sigma_follows_the_config_grid(digits):
+    """grid.sigma_min/sigma_max/rho reach the DSM σ draw: each micro-batch's σ is the exact half split on that grid."""
+    teacher, images, labels = digits
+    cfg = config("grid.sigma_min=0.01", "grid.sigma_max=40.0", "grid.rho=5.0", "train.micro_batch=4")
+    grid = karras_grid(18, 0.01, 40.0, 5.0)
+    batch = OnlineBatches(images, labels, cfg, grid)(0)
+    step, seen = CTMStep(cfg, grid, teacher), []
+    dsm = step.dsm_loss
+    step.dsm_loss = lambda g, x0, sigma, noise, labels=None: seen.append(sigma) or dsm(g, x0, sigma, noise, labels)
+    step(fresh(cfg, teacher), {**batch, "x_u": batch["x_t"]})  # any x_u: no teacher solve needed here
+    for i, (mb, sigma) in enumerate(zip(micro_batches(batch, 4), seen)):
+        gen = generator_for(cfg.train.seed, 0, i, STREAM_STEP)
+        sample_s_index(mb["n"], mb["k"], 18, gen)  # CTMStep draws s first
+        torch.testing.assert_close(sigma, sample_dsm_sigma(4, gen, sigma_min=0.01, sigma_max=40.0, rho=5.0).float(),
+                                   rtol=0, atol=0)
+        assert (sigma[2:] <= 40.0).all() and (sigma[2:] >= (40 ** 0.2 + 0.7 * (0.01 ** 0.2 - 40 ** 0.2)) ** 5).all()
 
 
 def test_training_reduces_the_flow_map_error(digits):

@@ -47,10 +47,11 @@ def trial_config(base, params, train_root, trial_id):
 
 
 def chunk_config(cfg, start, stop):
-    """`cfg` trained up to step `stop`; the test-only fault (train.fail_at_step) armed only in the chunk holding it."""
+    """`cfg` trained up to step `stop` (a cosine learning rate still decays over the whole run); the test-only fault (train.fail_at_step) armed only in the chunk holding it."""
     fail = cfg.train.fail_at_step
     armed = fail if fail is not None and start <= fail < stop else None
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=stop, fail_at_step=armed))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=stop, fail_at_step=armed,
+                                                              lr_decay_steps=cfg.train.lr_decay_steps or cfg.train.steps))
 
 
 def read_pointer(checkpoint):

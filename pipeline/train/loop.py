@@ -1,8 +1,9 @@
 """The training loop each Ray Train worker runs: build or restore the state, take steps, log, checkpoint.
 
 Rank 0 prints a progress line every train.log_every steps, keeps stats.jsonl in the run directory and, at each
-checkpoint, writes sample grids of the first EMA (train.ema_rates[0]) at NFE 1 and 2 (γ = 0). Every rank calls
-ray.train.report at each checkpoint (it is a barrier); only rank 0 passes the checkpoint directory.
+checkpoint, writes sample grids of the first EMA (train.ema_rates[0]) at NFE 1 and 2 (γ = 0, on the config's grid).
+Every rank calls ray.train.report at each checkpoint (it is a barrier); only rank 0 passes the checkpoint directory,
+with every worker's data position in it.
 """
 
 import json
@@ -11,10 +12,12 @@ import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 
 from ctm.sampling import gamma_sample
 from ctm.schedule import karras_grid
@@ -23,7 +26,8 @@ from pipeline.config import load_config
 from pipeline.datasets import load_dataset
 from pipeline.images import save_grid
 from pipeline.teachers import build_teacher
-from pipeline.train.data import CachedBatches, OnlineBatches, first_epoch
+from pipeline.train.data import (DATA_FILE, CachedBatches, OnlineBatches, cached_position, stream_epoch,
+                                 worker_positions)
 from pipeline.train.rundir import RunDir, checkpoint_dir_name
 from pipeline.train.state import build_state, load_weights, resume, state_parts
 from pipeline.train.step import CTMStep, is_discriminator_step
@@ -54,16 +58,20 @@ def read_checkpoint(path, device):
 
 
 def restore(state, cfg, device):
-    """Resume from Ray Train's latest checkpoint of this run, or take the weights of train.init_checkpoint."""
+    """Resume from Ray Train's latest checkpoint of this run, or take the weights of train.init_checkpoint (θ⁻ as
+    train.init_target says). Returns (what was done, the data position to continue from: None unless resumed)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume(state, load_checkpoint(d, map_location=device))
-        return f"resumed at step {state.step} from {checkpoint.path}"
-    if cfg.train.init_checkpoint:
-        load_weights(state, read_checkpoint(cfg.train.init_checkpoint, device))
-        return f"student, target and EMAs from {cfg.train.init_checkpoint} (fresh D and optimisers, step 0)"
-    return "fresh start"
+            parts = load_checkpoint(d, map_location=device)
+        resume(state, parts)
+        return f"resumed at step {state.step} from {checkpoint.path}", parts["data"]
+    t = cfg.train
+    if t.init_checkpoint:
+        load_weights(state, read_checkpoint(t.init_checkpoint, device), t.init_target)
+        return (f"student and EMAs from {t.init_checkpoint}, θ⁻ from its {t.init_target.replace('_', ' ')} "
+                "(fresh D and optimisers, step 0)"), None
+    return "fresh start", None
 
 
 def peak_memory_mb(device):
@@ -106,8 +114,9 @@ class ProgressLog:
         self.run.write_text("stats.jsonl", "".join(line + "\n" for line in self.lines))
 
 
-def write_samples(state, run, label_dim, device):
-    """PNG grids of the first EMA's samples at NFE 1 and 2 (γ = 0, fixed latents) into <run>/samples/."""
+def write_samples(state, run, label_dim, device, grid):
+    """PNG grids of the first EMA's samples at NFE 1 and 2 (γ = 0, fixed latents, the ρ-ramp of the config's `grid`
+    section) into <run>/samples/."""
     ema = next(iter(state.emas.values()))
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(SAMPLE_GRID, ema.img_channels, ema.img_resolution, ema.img_resolution, generator=g)
@@ -115,7 +124,8 @@ def write_samples(state, run, label_dim, device):
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for nfe in (1, 2):
             local = os.path.join(tmp, f"nfe{nfe}.png")
-            save_grid(gamma_sample(ema, latents.to(device), nfe, 0.0, labels), local)
+            save_grid(gamma_sample(ema, latents.to(device), nfe, 0.0, labels, sigma_min=grid.sigma_min,
+                                   sigma_max=grid.sigma_max, rho=grid.rho), local)
             run.put(local, f"samples/step_{state.step:07d}_nfe{nfe}.png")
 
 
@@ -128,15 +138,31 @@ def maybe_fail(cfg, run, step, rank):
         os._exit(1)
 
 
-def report(state, cfg, source, metrics, rank):
-    """ray.train.report on every rank; rank 0 hands over the checkpoint directory and waits until Ray Train has
-    registered it in the run's snapshot (else a worker dying right after would lose it: the controller collects
-    reports by polling)."""
+def data_position(source, step, world_size, device):
+    """The run's data position, called on every rank: online, the step's; cached, every worker's (gathered)."""
+    position = source.position(step)
+    if position["mode"] == "online":
+        return position
+    mine = torch.tensor([position["rows"], position["unused"]], device=device)
+    workers = [torch.zeros_like(mine) for _ in range(world_size)]
+    if world_size > 1:
+        dist.all_gather(workers, mine)
+    else:
+        workers = [mine]
+    return {"mode": "cached", "workers": [{"rows": int(w[0]), "unused": int(w[1])} for w in workers]}
+
+
+def report(state, cfg, source, metrics, rank, world_size, device):
+    """ray.train.report on every rank; rank 0 hands over the checkpoint directory (checkpoint.pt, and the data
+    position again in data.json for the driver) and waits until Ray Train has registered it in the run's snapshot
+    (else a worker dying right after would lose it: the controller collects reports by polling)."""
+    data = data_position(source, state.step, world_size, device)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_checkpoint(tmp, **state_parts(state), config=cfg.to_dict(), data=source.position(state.step),
+            save_checkpoint(tmp, **state_parts(state), config=cfg.to_dict(), data=data,
                             rng={"train_seed": cfg.train.seed, "step": state.step})
+            Path(tmp, DATA_FILE).write_text(json.dumps(data))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
     if rank == 0:
@@ -160,7 +186,7 @@ def train_loop_per_worker(config):
     if config.get("teacher_start") and not restoring:
         start = load_teacher_start(config["teacher_start"], cfg.cache.storage_options)
     state = build_state(cfg, kwargs, teacher, device, start)
-    how = restore(state, cfg, device)
+    how, data = restore(state, cfg, device)
     state.G = ray.train.torch.prepare_model(state.G)
     if state.D is not None:
         state.D = ray.train.torch.prepare_model(state.D)
@@ -168,9 +194,12 @@ def train_loop_per_worker(config):
         images, labels, _ = load_dataset(cfg.data)
         source = OnlineBatches(images, labels, cfg, grid, rank, world_size)
     else:
-        M = config["num_records"]
-        source = CachedBatches(ray.train.get_dataset_shard("train"), t.batch_size // world_size, state.step,
-                               first_epoch(state.step, t.batch_size, M), M // world_size, t.seed)
+        M, share = config["num_records"], t.batch_size // world_size
+        data = cached_position(data)
+        position = worker_positions(data, world_size)[rank] if data else None
+        source = CachedBatches(ray.train.get_dataset_shard("train"), share, cfg.grid.K_max, t.seed, t.queue_steps,
+                               position, stream_epoch(data, M, world_size) * (M // world_size),
+                               getattr(torch, cfg.cache.dtype))
     step_fn = CTMStep(cfg, grid, teacher, device, rank, world_size)
     log = ProgressLog(run, cfg, state.step) if rank == 0 else None
     if rank == 0:
@@ -187,8 +216,9 @@ def train_loop_per_worker(config):
         if state.step % t.checkpoint_every == 0 or state.step == t.steps:
             started = time.perf_counter()
             if rank == 0:
-                write_samples(state, run, kwargs["label_dim"], device)
+                write_samples(state, run, kwargs["label_dim"], device, cfg.grid)
                 log.flush()
-            report(state, cfg, source, {"step": state.step, "kind": "D" if d_step else "G", **stats}, rank)
+            report(state, cfg, source, {"step": state.step, "kind": "D" if d_step else "G", **stats}, rank,
+                   world_size, device)
             if rank == 0:
                 log.pause(time.perf_counter() - started)

@@ -92,16 +92,23 @@ def state_parts(state):
     }
 
 
-def load_weights(state, parts):
-    """Student, target θ⁻ and every EMA from a checkpoint's parts (a rate the checkpoint lacks starts from its G)."""
+def load_weights(state, parts, target="target"):
+    """Student, target θ⁻ and every EMA from a checkpoint's parts (a rate the checkpoint lacks starts from its G).
+
+    target: "target" takes θ⁻ from the checkpoint's θ⁻; "ema_<rate>" from its EMA at that rate, as the official loop
+    resets θ⁻ to the 0.999 EMA when a run starts from another run's checkpoint (reference §3, train.init_target).
+    """
     ours, theirs = ({k: v for k, v in kw.items() if k != "dropout"} for kw in (unwrap(state.G).init_kwargs,
                                                                                  parts["student_kwargs"]))
     if ours != theirs:
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
         raise ValueError(f"the checkpoint's student architecture differs from this config's in {differ}: "
                          f"checkpoint {[theirs.get(k) for k in differ]}, config {[ours.get(k) for k in differ]}")
+    if target != "target" and target.removeprefix("ema_") not in parts["ema"]:
+        raise ValueError(f"train.init_target={target}: the checkpoint holds EMAs at rates {sorted(parts['ema'])} only; "
+                         "choose one of those, or init_target=target")
     unwrap(state.G).load_state_dict(parts["student"])
-    state.G_target.load_state_dict(parts["target"])
+    state.G_target.load_state_dict(parts["target"] if target == "target" else parts["ema"][target.removeprefix("ema_")])
     for rate, ema in state.emas.items():
         ema.load_state_dict(parts["ema"].get(str(rate), parts["student"]))
 

@@ -5,7 +5,10 @@ per micro-batch), and the gradients of all micro-batches of the global batch are
 world_size × its micro-batch means and DDP averages over workers, so the update does not depend on how the global
 batch is spread over workers (the official code sums per GPU and averages over GPUs). Once the GAN stage has started
 (step >= train.gan_start) odd steps update D only and even steps G (g_learning_period = 2; the counter counts both).
-The target θ⁻ and the evaluation EMAs follow G after each G step. bf16 autocast on CUDA, fp32 on the CPU; D in fp32.
+The target θ⁻ and the evaluation EMAs follow G after each G step.
+
+Precision: G and θ⁻ run under bf16 autocast on CUDA (fp32 on the CPU); everything else in fp32 with autocast off:
+the distance d (the official LPIPS runs in fp32), the adaptive λ's, the DSM weighting and D.
 
 Every random draw of a micro-batch (s, the DSM σ and noise, dropout and DiffAugment) comes from seeds made of
 (train.seed, step, global micro-batch index), so a resumed run redraws exactly what it would have drawn, and one
@@ -13,6 +16,7 @@ worker sees the same draws as two workers sharing the same global batch.
 """
 
 import contextlib
+import math
 
 import numpy as np
 import torch
@@ -50,14 +54,39 @@ def is_discriminator_step(step, gan_start):
     return gan_start is not None and step >= gan_start and step % 2 == 1
 
 
-class StudentView:
-    """G called through its DDP wrapper (so its gradients are all-reduced), with g from the wrapped CTMPrecond."""
+def learning_rate(step, t):
+    """G's learning rate at `step`: train.lr throughout (the official code), or decayed to 0 at train.steps along a
+    cosine (train.lr_schedule=cosine), which lets a run of minutes end on settled online weights."""
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1 + math.cos(math.pi * min(step / (t.lr_decay_steps or t.steps), 1.0)))
+    return t.lr
 
-    def __init__(self, G):
-        self.G, self.g = G, unwrap(G).g
+
+class StudentView:
+    """G (or θ⁻) under the step's autocast: G(x, t, s) through its DDP wrapper (so its gradients are all-reduced),
+    and g(x, t, s) of the wrapped CTMPrecond."""
+
+    def __init__(self, G, autocast):
+        self.G, self.autocast = G, autocast
 
     def __call__(self, x, t, s, class_labels=None):
-        return self.G(x, t, s, class_labels)
+        with self.autocast():
+            return self.G(x, t, s, class_labels)
+
+    def g(self, x, t, s, class_labels=None):
+        with self.autocast():
+            return unwrap(self.G).g(x, t, s, class_labels)
+
+
+class FP32Distance:
+    """d(x, y) in float32 with autocast off, whatever the caller's autocast (the official LPIPS runs in fp32)."""
+
+    def __init__(self, distance):
+        self.distance = distance
+
+    def __call__(self, x, y):
+        with torch.autocast(x.device.type, enabled=False):
+            return self.distance(x.float(), y.float())
 
 
 class CTMStep:
@@ -67,21 +96,23 @@ class CTMStep:
     x_t (B, C, H, W), and x_u = Heun^k(x_t) when the trajectory cache supplies it (else the teacher solves it here).
     """
 
-    def __init__(self, cfg, grid, teacher=None, device="cpu", rank=0, world_size=1):
+    def __init__(self, cfg, grid, teacher=None, device="cpu", rank=0, world_size=1, amp=None):
         t = cfg.train
         distance = build_distance(t.distance, t.lpips_vgg_path, t.lpips_lin_path)
         if isinstance(distance, torch.nn.Module):
             distance = distance.to(device)
-        self.ctm_loss, self.dsm_loss = CTMLoss(distance, float(grid[-1])), DSMLoss()
+        self.ctm_loss, self.dsm_loss = CTMLoss(FP32Distance(distance), float(grid[-1])), DSMLoss()
+        self.sigma_range = {"sigma_min": cfg.grid.sigma_min, "sigma_max": cfg.grid.sigma_max, "rho": cfg.grid.rho}
         self.grid, self.N = grid.to(device, torch.float64), len(grid)
         self.teacher, self.device = teacher, torch.device(device)
+        self.amp = self.device.type == "cuda" if amp is None else amp  # bf16 autocast of G and θ⁻
         self.rank, self.world_size = rank, world_size
         self.micro, self.seed, self.gan_start = t.micro_batch, t.seed, t.gan_start
         self.target_ema, self.lambda_dsm, self.lambda_gan = t.target_ema, t.lambda_dsm, t.lambda_gan
-        self.use_labels = cfg.data.use_labels
+        self.use_labels, self.train_cfg = cfg.data.use_labels, t
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def __call__(self, state, batch):
         d_step = is_discriminator_step(state.step, self.gan_start)
@@ -103,6 +134,8 @@ class CTMStep:
         if d_step:
             state.opt_D.step()
         else:
+            for group in state.opt_G.param_groups:
+                group["lr"] = learning_rate(state.step, self.train_cfg)
             state.opt_G.step()
             G = unwrap(state.G)
             ema_update(state.G_target, G, self.target_ema)
@@ -138,17 +171,18 @@ class CTMStep:
 
     def generator_loss(self, state, mb, gen):
         n, k, t, u, s = self.times(mb, gen)
-        sigma = sample_dsm_sigma(len(n), gen).float().to(self.device)
+        sigma = sample_dsm_sigma(len(n), gen, **self.sigma_range).float().to(self.device)
         noise = torch.randn(mb["x0"].shape, generator=gen).to(self.device)
         x0, x_t = mb["x0"].to(self.device), mb["x_t"].to(self.device)
         labels = mb["label"].to(self.device) if self.use_labels else None
         x_u = mb["x_u"].to(self.device) if "x_u" in mb else self.teacher_segment(x_t, n, k, labels)
         gan = self.gan_start is not None and state.step >= self.gan_start
-        with self.autocast():
+        with torch.autocast(self.device.type, enabled=False):  # only G and θ⁻ under autocast (StudentView)
             loss, _, stats = generator_objective(
-                StudentView(state.G), state.G_target, self.ctm_loss, self.dsm_loss, x_t, t, x_u, u, s, x0, sigma,
-                noise, unwrap(state.G).last_layer_weight(), D=state.D if gan else None, weight_dsm=self.lambda_dsm,
-                weight_gan=self.lambda_gan, class_labels=labels)
+                StudentView(state.G, self.autocast), StudentView(state.G_target, self.autocast), self.ctm_loss,
+                self.dsm_loss, x_t, t, x_u, u, s, x0, sigma, noise, unwrap(state.G).last_layer_weight(),
+                D=state.D if gan else None, weight_dsm=self.lambda_dsm, weight_gan=self.lambda_gan,
+                class_labels=labels)
         return loss, stats
 
     def discriminator_loss(self, state, mb, gen):
@@ -158,5 +192,6 @@ class CTMStep:
         labels = mb["label"].to(self.device) if self.use_labels else None
         with torch.no_grad(), self.autocast():
             x_est = state.G_target(state.G(x_t, t, s, labels), s, float(self.grid[-1]), labels)
-        loss = discriminator_objective(state.D, x0, x_est.float())
+        with torch.autocast(self.device.type, enabled=False):
+            loss = discriminator_objective(state.D, x0, x_est.float())
         return loss, {"loss_d": loss.item()}

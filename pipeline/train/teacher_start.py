@@ -2,13 +2,15 @@
 trajectories: `<cache.root>/teacher-start/<key>.pt` holds the CTMPrecond state dict that `ctm.teacher_start` regressed
 onto the teacher's exact denoiser. The key hashes everything that changes those weights (teacher digest, student
 architecture, dataset, regression settings, train.seed), so every run and sweep trial that agrees on them starts from
-one file, computed once on the driver before any worker starts.
+one file, computed once on the driver before any worker starts. The embedded default's start ships with the project
+(`teacher_starts/`, rebuilt by `python -m jobs.teacher_start`), as the official code starts from a released teacher.
 """
 
 import hashlib
 import io
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,6 +21,7 @@ from pipeline.datasets import load_dataset
 from pipeline.teachers import teacher_identity
 
 FOLDER = "teacher-start"
+SHIPPED = Path(__file__).with_name("teacher_starts")  # the embedded default's start, made by `python -m jobs.teacher_start`
 
 
 def needs_regression(cfg, teacher):
@@ -34,14 +37,36 @@ def teacher_start_key(cfg, teacher, kwargs, data_identity):
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def teacher_start(cfg, teacher, kwargs, log=print):
-    """The URL of the teacher start for this config, regressing it first when no run has yet (on this process)."""
+def _locate(cfg, teacher, kwargs):
+    """(store, file name, data) of this config's start: its folder under cache.root, its name, the dataset."""
     images, labels, identity = load_dataset(cfg.data)
-    key = teacher_start_key(cfg, teacher, kwargs, identity)
     store = CacheStore(cfg.cache.root, cfg.cache.storage_options).child(FOLDER)
-    rel = f"{key}.pt"
+    return store, f"{teacher_start_key(cfg, teacher, kwargs, identity)}.pt", (images, labels)
+
+
+def teacher_start_source(cfg, teacher, kwargs):
+    """Where `teacher_start` will take the start from, without writing anything (for dry runs)."""
+    store, rel, _ = _locate(cfg, teacher, kwargs)
+    if store.objects("").get(rel):
+        return f"cached at {store.join_url(rel)}"
+    if (SHIPPED / rel).is_file():
+        return f"the embedded default's, shipped with the project ({rel})"
+    return (f"regressed onto the teacher's denoiser before the first step ({cfg.student.init_steps} steps of "
+            f"{cfg.student.init_batch_size}), then cached at {store.join_url(rel)}")
+
+
+def teacher_start(cfg, teacher, kwargs, log=print):
+    """The URL of the teacher start for this config: cached under cache.root, else the one shipped with the project
+    for the embedded default (copied into the cache), else regressed here and cached."""
+    store, rel, (images, labels) = _locate(cfg, teacher, kwargs)
     if store.objects("").get(rel):
         log(f"[train] teacher start: {store.join_url(rel)} (cached)")
+        return store.join_url(rel)
+    shipped = SHIPPED / rel
+    if shipped.is_file():
+        store.write_bytes(rel, shipped.read_bytes())
+        log(f"[train] teacher start: the embedded default's, shipped with the project ({shipped.name}; rebuild it with "
+            "`python -m jobs.teacher_start`)")
         return store.join_url(rel)
     log(f"[train] teacher start: regressing g(x, σ, s) onto the teacher's denoiser, {cfg.student.init_steps} steps "
         f"of {cfg.student.init_batch_size} (once; cached at {store.join_url(rel)})")
