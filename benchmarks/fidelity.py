@@ -81,7 +81,7 @@ def checkpoints(run_dir):
 def score_run(cfg, evaluator, flow, run_dir, log):
     """Every checkpoint of the run at NFE 1, 2, 4 for the online weights and each EMA."""
     settings = [Setting(nfe, 0.0) for nfe in NFES]
-    rows = []
+    rows, scored = [], evaluator.cfg.eval.ema_rate
     for path in checkpoints(run_dir):
         for rate in (0.0, *cfg.train.ema_rates):
             evaluator.cfg.eval.ema_rate = rate
@@ -93,6 +93,7 @@ def score_run(cfg, evaluator, flow, run_dir, log):
             log(f"  step {row['step']:5d}  {row['weights']:>10}  " + "  ".join(
                 f"NFE {n} {row[f'fid_nfe{n}']:.3f}" for n in NFES) +
                 f"  flow-map MSE {row['flow_map_mse']:.4f}  one-step MSE {row['one_step_mse']:.4f}")
+    evaluator.cfg.eval.ema_rate = scored
     return rows
 
 
@@ -161,7 +162,7 @@ def main(argv=None):
     log(f"\nFID at NFE 1 / 2 (γ = 0), {report['eval_ema_rate']} EMA, last step; teacher {report['teacher_fid']:.3f}, "
         f"real against real {report['real_vs_real']:.3f}")
     for name, variant in report["variants"].items():
-        last = [r for r in variant["rows"] if r["weights"] == f"EMA {cfg.eval.ema_rate}"][-1]
+        last = [r for r in variant["rows"] if r["weights"] == f"EMA {report['eval_ema_rate']}"][-1]
         log(f"  {name:>10}: {last['fid_nfe1']:.3f} / {last['fid_nfe2']:.3f}  "
             f"({last['fid_nfe1'] / report['teacher_fid']:.2f}x / {last['fid_nfe2'] / report['teacher_fid']:.2f}x the "
             f"teacher)  train {variant['train_seconds']:.0f} s")

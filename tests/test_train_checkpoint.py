@@ -91,9 +91,9 @@ def test_gan_stage_resets_the_target_to_the_first_runs_ema(teacher, tmp_path, mo
     first = config("train.ema_rates=[0.999, 0.9999]")
     save(tmp_path, first, perturbed(config("train.ema_rates=[0.999, 0.9999]", "train.gan_start=0"), teacher, 5))
     parts = load_checkpoint(tmp_path)
-    args = parser().parse_args(["--from-checkpoint", str(tmp_path), "--set", "student.architecture=tiny", "student.init_steps=10",
-                                "--set", "train.distance=l2", "--set", "train.gan_start=0",
-                                "--set", "train.target_ema=0.9999"])
+    sets = ["student.architecture=tiny", "student.init_steps=10", "train.distance=l2", "train.gan_start=0",
+            "train.target_ema=0.9999"]
+    args = parser().parse_args(["--from-checkpoint", str(tmp_path), *[a for s in sets for a in ("--set", s)]])
     cfg = job_config(args)
     assert (cfg.train.init_checkpoint, cfg.train.init_target) == (str(tmp_path), "ema_0.999")
     monkeypatch.setattr(loop.ray.train, "get_checkpoint", lambda: None)  # a new run: nothing of its own to resume

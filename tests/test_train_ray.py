@@ -30,7 +30,7 @@ def teacher_path(tmp_path_factory):
 
 
 def config(tmp_path, teacher_path, *overrides):
-    return load_config(overrides=[f"teacher.path={teacher_path}", "student.architecture=tiny", "student.init_steps=10", "train.distance=l2",
+    return load_config(overrides=[f"teacher.path={teacher_path}", "student.architecture=tiny", "student.init_from_teacher=false", "train.distance=l2",
                                   "train.teacher_mode=online", "train.batch_size=8", "train.micro_batch=4",
                                   "train.ema_rates=[0.9]", f"train.storage_path={tmp_path}", "train.num_to_keep=10",
                                   *overrides])

@@ -26,7 +26,7 @@ from pipeline.train.step import STREAM_DATA, STREAM_K, STREAM_PERM, generator_fo
 
 ROW_KEYS = ("x0", "label", "index", "n", "k", "x_t", "x_u")
 DATA_FILE = "data.json"  # a checkpoint's data position beside checkpoint.pt, read by CacheEpochs on the driver
-UNUSED_FACTOR = 2  # rows a stream holds per row the steps use: the queues drop some (see stream_rows)
+UNUSED_FACTOR = 2.5  # rows a stream holds per row the steps use: the queues drop 30-50% (see stream_rows)
 
 
 def step_k(seed, step, K):
@@ -91,7 +91,7 @@ class CachedBatches:
     The queues fill at rate P(k), the rate at which steps empty them; each holds at most `queue_steps` shares and
     drops its oldest rows beyond (which rows are taken or dropped depends on their k alone, so the law stays exact).
 
-    The position in the data is `rows` pulled from the stream (of which `unused` were dropped). `position` empties
+    The position in the data is `rows` pulled from the stream (`unused` of them dropped, never used). `position` empties
     the queues: a run resumed from a checkpoint skips the pulled rows and starts with empty queues, and so continues
     as the uninterrupted run does. A shard that runs out starts another pass.
     """
@@ -101,7 +101,7 @@ class CachedBatches:
         self.cap = queue_steps * share
         position = position or {"rows": 0, "unused": 0}
         self.pulled, self.unused = position["rows"], position["unused"]
-        self.skip = max(0, self.pulled - stream_start)  # 0 only when the stream starts late (an unregistered checkpoint)
+        self.skip = max(0, self.pulled - stream_start)  # 0 only if the stream starts late (an unregistered checkpoint)
         self.dtype = dtype  # x_t, x_u wait in the cache's storage dtype: lossless, half the memory for float16
         self.rows = None
         self.queues = {k: deque() for k in range(1, K + 1)}
