@@ -156,7 +156,9 @@ def test_the_sweep_reports_fid_per_trial_and_saves_the_best(sweep):
     G, run_cfg = load_student(best["checkpoint"], ema_rate=0.9)
     assert run_cfg.train.lr == best_cfg.train.lr and not G.training
     assert yaml.safe_load((exp / "config.yaml").read_text()) == yaml.safe_load(cfg.dump())
-    assert len(list((exp.parent / "cache").iterdir())) == 1  # one trajectory cache, generated once, read by all
+    caches = sorted(p.name for p in (exp.parent / "cache").iterdir())
+    assert len(caches) == 2 and "teacher-start" in caches  # one trajectory cache, generated once, read by all
+    assert len(list((exp.parent / "cache" / "teacher-start").iterdir())) == 1  # and one student start
 
 
 def test_restore_refuses_another_config_and_a_missing_sweep(sweep, tmp_path, capsys):

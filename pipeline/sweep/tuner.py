@@ -17,6 +17,8 @@ from pipeline.cache import CacheNotFoundError, generate_cache, open_cache
 from pipeline.config import ConfigError
 from pipeline.evaluation import EvaluatorPool
 from pipeline.teachers import build_teacher
+from pipeline.train.state import student_kwargs
+from pipeline.train.teacher_start import needs_regression, teacher_start
 from pipeline.train.rundir import RunDir
 
 from .space import check_search_space, num_trials, param_space
@@ -114,6 +116,9 @@ def run_sweep(cfg, restore=False, callbacks=(), pool=None, log=print):
         ensure_cache(cfg, log)
     train_root = f"{exp.path if filesystem is None else exp.url}/train"
     fitted = build_teacher(cfg) if cfg.teacher.kind == "gmm" and cfg.teacher.path is None else None
+    teacher = fitted or build_teacher(cfg)
+    if needs_regression(cfg, teacher):  # once here, not in each trial (a trial drawing other seeds makes its own)
+        teacher_start(cfg, teacher, student_kwargs(cfg, teacher), log)
     own_pool = pool is None
     pool = EvaluatorPool(cfg) if own_pool else pool
     try:
