@@ -2,6 +2,8 @@
 
 import argparse
 import contextlib
+import os
+import socket
 import sys
 
 
@@ -22,23 +24,54 @@ def stage_parser(doc, set_example="train.lr=1e-4", config_help=CONFIG_HELP, loca
     return p
 
 
+def start_local_ray(num_cpus, **kwargs):
+    """ray.init of a new private local cluster that every process of it addresses explicitly, even while another
+    Ray cluster runs on this machine. Its GCS port is chosen first and RAY_ADDRESS names it before the cluster
+    starts, so the raylet's workers (Train's controller and placement-group cleaner among them) inherit it instead
+    of searching the machine for "the" cluster. Returns the environment to restore after ray.shutdown()."""
+    import ray
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+    try:
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    except BaseException:
+        restore_env(saved)
+        raise
+    return saved
+
+
+def restore_env(saved):
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def ray_cluster(local_cpus=None):
     """The Ray cluster a stage runs on: the caller's if this process already runs Ray; a private local one with
-    `local_cpus` logical CPUs; else whatever `ray.init()` finds (RAY_ADDRESS under `ray job submit`, a `ray start`
-    head on this machine, or a new local cluster). Ray is shut down afterwards only if it was started here."""
+    `local_cpus` logical CPUs (start_local_ray); else whatever `ray.init()` finds (RAY_ADDRESS under `ray job
+    submit`, a `ray start` head on this machine, or a new local cluster). Ray is shut down afterwards only if it was
+    started here."""
     import ray
     if ray.is_initialized():
         yield ray
         return
+    saved = {}
     if local_cpus:
-        ray.init(address="local", num_cpus=local_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        saved = start_local_ray(local_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     else:
         ray.init()
     try:
         yield ray
     finally:
         ray.shutdown()
+        restore_env(saved)
 
 
 def root_cause(error):

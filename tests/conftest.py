@@ -31,15 +31,18 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for every test that needs it (starting Ray costs seconds on 2 cores)."""
+    """One private local Ray cluster for every test that needs it (starting Ray costs seconds on 2 cores), addressed
+    explicitly so that another Ray cluster on the machine changes nothing."""
     import os
     import ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    from jobs.common import restore_env, start_local_ray
+    saved = start_local_ray(8, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    restore_env(saved)
 
 
 @pytest.fixture(autouse=True)
