@@ -1,3 +1,6 @@
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -25,8 +28,33 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("own_ray_cluster") is not None)
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+SKIP = {".git", ".venv", ".pytest_cache", "__pycache__", ".devpack"}
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "own_ray_cluster: starts its own Ray head node; runs last, alone")
+    config._checkout_before = (time.time(), {p.name for p in CHECKOUT.iterdir()})
+
+
+def written_into_checkout(since, top_level):
+    """Run outputs that tests left in the checkout: new top-level entries, and files under runs/ written since."""
+    new = sorted(p.name for p in CHECKOUT.iterdir() if p.name not in top_level and p.name not in SKIP
+                 and not p.name.endswith(".egg-info"))
+    runs = CHECKOUT / "runs"
+    written = [str(p.relative_to(CHECKOUT)) for p in runs.rglob("*") if p.is_file() and p.stat().st_mtime >= since] \
+        if runs.is_dir() else []
+    return new + sorted(written)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write under pytest's tmp_path, never into the checkout (a default like eval.out=runs/eval is relative
+    to the working directory): the session fails if they did."""
+    since, top_level = session.config._checkout_before
+    leaked = written_into_checkout(since, top_level)
+    if leaked:
+        print(f"\ntests wrote into the checkout {CHECKOUT.name}/: {leaked[:10]}", flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,24 @@ def test_generate_train_evaluate_as_submitted_jobs(head_node, tmp_path, monkeypa
     status, logs = submit_and_wait(client, f"{sys.executable} -m jobs.train {sets} --set train.batch_size=15 "
                                            "--set train.num_workers=2")
     assert status == JobStatus.FAILED and "train.batch_size" in logs  # a clear error, non-zero exit
+
+
+@pytest.mark.own_ray_cluster
+def test_a_stage_on_its_own_cluster_runs_beside_another_cluster(head_node, tmp_path):
+    """With a `ray start` head up on the machine, `--local-cpus` starts a private cluster that every process of it
+    (Train's controller and placement-group cleaner too) addresses explicitly: the run succeeds, and nothing
+    searches the machine for "the" cluster."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    sets = [f"cache.root={tmp_path / 'cache'}", "cache.num_records=32", "cache.records_per_shard=32",
+            f"train.storage_path={tmp_path / 'train'}", "train.steps=2", "train.batch_size=8",
+            "train.checkpoint_every=2", "student.init_steps=10", "train.distance=l2"]
+    for stage in ("jobs.generate_trajectories", "jobs.train"):
+        run = subprocess.run([sys.executable, "-m", stage, "--config", "jobs/configs/digits.yaml", "--local-cpus", "8",
+                              *[a for kv in sets for a in ("--set", kv)]], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+        out = run.stdout + run.stderr
+        assert run.returncode == 0, out[-3000:]
+        assert "multiple active Ray instances" not in out, out[-3000:]
+    assert list((tmp_path / "train" / "digits").glob("checkpoint_*/checkpoint.pt"))

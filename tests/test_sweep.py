@@ -28,7 +28,7 @@ def sweep_config(root, *overrides):
     return load_config(overrides=[
         "student.architecture=tiny", "student.init_steps=10", "train.distance=l2", "train.batch_size=8", "train.ema_rates=[0.9]",
         "train.steps=2", "train.checkpoint_every=100", "train.log_every=1", "train.max_failures=0",
-        f"cache.root={root / 'cache'}", "cache.num_records=32", "cache.records_per_shard=32",
+        f"cache.root={root / 'cache'}", f"eval.out={root / 'eval'}", "cache.num_records=32", "cache.records_per_shard=32",
         "eval.num_samples=100", "eval.batch_size=100", "eval.ema_rate=0.9",
         f"sweep.storage_path={root}", "sweep.name=s", "sweep.report_every=1", "sweep.max_concurrent_trials=1",
         "sweep.num_samples=1", "sweep.max_failures=0", ("sweep.search_space", SPACE), *overrides])
