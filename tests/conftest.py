@@ -24,7 +24,12 @@ def gmm2d():
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that start their own Ray head node run last, after the shared cluster is shut down."""
+    """Tests on a Ray cluster are marked `ray` and `slow` (`pytest -m "not slow"` runs the method alone); tests that
+    start their own Ray head node run last, after the shared cluster is shut down."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("own_ray_cluster"):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("own_ray_cluster") is not None)
 
 
@@ -34,6 +39,8 @@ SKIP = {".git", ".venv", ".pytest_cache", "__pycache__", ".devpack"}
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "own_ray_cluster: starts its own Ray head node; runs last, alone")
+    config.addinivalue_line("markers", "ray: runs on a Ray cluster (set for every test that uses one)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (every Ray test, and those marked)")
     config._checkout_before = (time.time(), {p.name for p in CHECKOUT.iterdir()})
 
 
