@@ -3,7 +3,10 @@
     python -m benchmarks.heun_throughput                       # CPU: tiny DDPM++ and the digits mixture teacher
     python -m benchmarks.heun_throughput --device cuda --net cifar10 --batch 64 256 --fast
         # the paper-size DDPM++ CIFAR-10 network (55.7M parameters, random weights unless --pkl is given):
-        # fp32 eager baseline (the official sampler's way) against the fast path, side by side, with the ratio
+        # fp32 eager baseline (the official sampler's way) against the fast path, side by side, with the ratio and
+        # the fast path's max |Δ| from the fp32 endpoint at σ_min (same input)
+
+main returns the teachers and, per batch, the rates, the input x (at σ_max) and each teacher's timed endpoint.
 """
 
 import argparse
@@ -24,18 +27,17 @@ CIFAR10_DDPMPP = dict(img_resolution=32, img_channels=3, label_dim=0, model_type
                       dropout=0.13)
 
 
-def images_per_second(teacher, shape, batch, N, device, repeats):
-    grid = karras_grid(N)
-    x = torch.randn(batch, *shape, device=device) * 80
+def images_per_second(teacher, x, grid, device, repeats):
+    """(images/s over `repeats` full trajectories from x, the last one's endpoint at σ_min)."""
     heun_trajectory(teacher.denoise, x, grid)  # warm-up (and compilation)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
-        heun_trajectory(teacher.denoise, x, grid)
+        states = heun_trajectory(teacher.denoise, x, grid)
     if device == "cuda":
         torch.cuda.synchronize()
-    return batch * repeats / (time.perf_counter() - start)
+    return len(x) * repeats / (time.perf_counter() - start), states[-1]
 
 
 def build_teachers(args):
@@ -66,15 +68,21 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.manual_seed(0)
     teachers, shape = build_teachers(args)
+    grid = karras_grid(args.N)
     print(f"{args.net} teacher on {args.device}, {args.N}-point grid ({2 * (args.N - 1)} NFE per image)")
+    runs = {}
     for batch in args.batch:
-        rates = {name: images_per_second(t, shape, batch, args.N, args.device, args.repeats)
-                 for name, t in teachers.items()}
-        line = "  ".join(f"{name}: {r:8.1f} img/s" for name, r in rates.items())
-        if len(rates) > 1:
-            base, *others = rates.values()
-            line += f"  ratio {others[-1] / base:.2f}x"
+        x = torch.randn(batch, *shape, device=args.device) * float(grid[0])  # one input for every teacher
+        timed = {name: images_per_second(t, x, grid, args.device, args.repeats) for name, t in teachers.items()}
+        runs[batch] = {"rates": {name: r for name, (r, _) in timed.items()}, "x": x.cpu(),
+                       "x_end": {name: end.float().cpu() for name, (_, end) in timed.items()}}
+        line = "  ".join(f"{name}: {r:8.1f} img/s" for name, r in runs[batch]["rates"].items())
+        if len(timed) > 1:
+            (base, base_end), *others = timed.values()
+            rate, end = others[-1]
+            line += f"  ratio {rate / base:.2f}x  max |Δ| at σ_min vs fp32 {(end.float() - base_end).abs().max():.3g}"
         print(f"batch {batch:4d}  {line}", flush=True)
+    return {"teachers": teachers, "runs": runs}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ samples/s and each worker's peak resident memory from the runs' stats.jsonl, lea
 200-component one (the same exact denoiser, 20 times the work) stands in for a teacher network that costs about
 twice the student's step, as the official DDPM++ teacher does.
 --level step times `CTMStep` in this process on pre-drawn batches: cached batches carry x_u (solved beforehand by the
-same teacher), online batches make the step solve Heun^k; data loading is left out of both.
+same teacher, in its compute dtype), online batches make the step solve Heun^k; data loading is left out of both.
+Before timing it checks that the two modes are one computation: from the same initial state, one step of each on the
+first batch sees the same draws (x_t, t, u, s, x0, DSM σ and noise) and gives the same loss to fp tolerance, with the
+cached x_u solved as the cache writer does (ctm.solver's Heun from t_n, a solver other than the step's).
 """
 
 import argparse
@@ -27,7 +30,8 @@ import torch
 
 from ctm.networks import build_edm_network, tiny_songunet_kwargs
 from ctm.schedule import karras_grid
-from ctm.teachers import EDMTeacher, load_edm
+from ctm.solver import heun_trajectory
+from ctm.teachers import EDMTeacher, GaussianMixtureTeacher, load_edm
 from ctm.training import heun_segment
 from pipeline.config import load_config
 from pipeline.datasets import load_dataset
@@ -59,24 +63,75 @@ def teacher_and_images(args):
         "teacher"
 
 
+def compute_dtype(teacher):
+    """The dtype the cache writer and the online step solve in: float64 for the exact mixture, float32 for networks."""
+    return torch.float64 if isinstance(teacher, GaussianMixtureTeacher) else torch.float32
+
+
+@torch.no_grad()
+def cache_solve(teacher, x_t, n, k, grid):
+    """x_u as the cache writer solves it: Heun from t_n along the grid with Python-float times (ctm.solver), one (n, k)
+    group at a time, in the teacher's compute dtype, kept in float32."""
+    x_u = torch.empty_like(x_t)
+    for n_i, k_i in torch.stack([n, k], 1).unique(dim=0).tolist():
+        rows = (n == n_i) & (k == k_i)
+        x_u[rows] = heun_trajectory(teacher.denoise, x_t[rows].to(compute_dtype(teacher)),
+                                    grid[n_i:n_i + k_i + 1])[-1].float()
+    return x_u
+
+
+def recording(loss, names, seen):
+    """`loss` that also keeps its tensor arguments under `names` (None: not kept)."""
+    def call(*args):
+        seen.update({name: a.detach().clone() for name, a in zip(names, args) if name})
+        return loss(*args)
+    return call
+
+
+def same_loss_check(cfg, grid, teacher, batch, device):
+    """One step of each mode from the same initial state on `batch` (x_t, n, k, x0; CTMStep draws s, the DSM σ and
+    noise from (train.seed, step, micro-batch)), the cached one with x_u from `cache_solve`. Returns whether CTMLoss
+    and DSMLoss saw the same draws, the max |Δx_u|, and the loss L_CTM + λ_DSM·L_DSM of each with their relative
+    difference."""
+    x_u = cache_solve(teacher, batch["x_t"].to(device), batch["n"].to(device), batch["k"].to(device), grid).cpu()
+    seen, loss = {}, {}
+    for mode, b in (("online", batch), ("cached", {**batch, "x_u": x_u})):
+        state = build_state(cfg, student_kwargs(cfg, teacher), teacher, device)
+        step = CTMStep(cfg, grid, teacher, device)
+        seen[mode] = {}
+        step.ctm_loss = recording(step.ctm_loss, (None, None, "x_t", "t", "x_u", "u", "s"), seen[mode])
+        step.dsm_loss = recording(step.dsm_loss, (None, "x0", "sigma", "noise"), seen[mode])
+        stats = step(state, b)
+        loss[mode] = stats["loss_ctm"] + stats["lambda_dsm"] * stats["loss_dsm"]
+        del state, step
+    online, cached = seen["online"], seen["cached"]
+    return {"same_draws": all(torch.equal(online[key], cached[key]) for key in online if key != "x_u"),
+            "x_u_diff": (online["x_u"] - cached["x_u"]).abs().max().item(),
+            "loss_online": loss["online"], "loss_cached": loss["cached"],
+            "loss_diff": abs(loss["online"] - loss["cached"]) / abs(loss["online"])}
+
+
 def step_level(args):
     torch.manual_seed(0)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     teacher, images, labels, architecture = teacher_and_images(args)
-    cfg = load_config(overrides=[f"student.architecture={architecture}", f"train.distance={args.distance}",
-                                 f"train.batch_size={args.batch}", "train.teacher_mode=online"])
+    network_teacher = [] if architecture == "tiny" else ["teacher.kind=edm", "teacher.path=in-memory"]  # built above
+    cfg = load_config(overrides=[*network_teacher, f"student.architecture={architecture}",
+                                 f"train.distance={args.distance}", f"train.batch_size={args.batch}",
+                                 "train.teacher_mode=online"])
     grid = karras_grid(cfg.grid.N)
     source = OnlineBatches(images, labels, cfg, grid)
     batches = [source(i) for i in range(args.warmup + args.steps)]
     device = torch.device(args.device)
+    check = same_loss_check(cfg, grid, teacher, batches[0], device)
     rates, memory = {}, {}
     for mode in ("online", "cached"):
         if mode == "cached":
             with torch.no_grad():
                 for b in batches:
-                    x_u = heun_segment(teacher.denoise, b["x_t"].to(device), grid, b["n"].to(device),
-                                       b["k"].to(device))
+                    x_u = heun_segment(teacher.denoise, b["x_t"].to(device, compute_dtype(teacher)), grid,
+                                       b["n"].to(device), b["k"].to(device))
                     b["x_u"] = x_u.float().cpu()
         state = build_state(cfg, student_kwargs(cfg, teacher), teacher, device)
         step = CTMStep(cfg, grid, teacher, device)
@@ -97,11 +152,14 @@ def step_level(args):
         del state, step
     print(f"{args.net} on {args.device}, batch {args.batch}, distance {args.distance}, {args.steps} timed steps "
           f"after {args.warmup}")
+    print(f"same draws in both modes (x_t, t, u, s, x0, DSM σ, noise): {'yes' if check['same_draws'] else 'NO'}; "
+          f"x_u cached vs online max |Δ| {check['x_u_diff']:.3g}; loss online {check['loss_online']:.6g}, cached "
+          f"{check['loss_cached']:.6g}, relative |Δ| {check['loss_diff']:.3g}")
     for mode in rates:
         mem = f"  peak CUDA {memory[mode]:.0f} MiB" if mode in memory else ""
         print(f"{mode:7s} {rates[mode]:9.1f} samples/s{mem}")
     print(f"cached / online: {rates['cached'] / rates['online']:.2f}x")
-    return rates
+    return {"rates": rates, "check": check}
 
 
 def ray_level(args):

@@ -15,7 +15,8 @@ def load_digits_images():
 
 
 def fit_digits_teacher(n_components=10, reg_covar=1e-3, seed=0):
-    """The default teacher: a full-covariance mixture fitted to the digits (~10 components draw digits; DESIGN.md).
+    """The default teacher: a full-covariance mixture fitted to the digits (~10 components draw digits;
+    docs/method.md, "The embedded default's teacher and features").
 
     Fitted on one BLAS thread: EM's rounding (and so the teacher's digest, part of every cache key) would otherwise
     depend on how many threads the process that fits it has, e.g. a Ray worker against the driver.

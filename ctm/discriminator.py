@@ -1,4 +1,5 @@
-"""Projected multi-scale discriminator (Projected GAN, Sauer et al. 2021; StyleGAN-XL), as in CTM's GAN loss (ref. §3).
+"""Projected multi-scale discriminator (Projected GAN, Sauer et al. 2021; StyleGAN-XL), as in CTM's GAN loss
+(docs/method.md §3).
 
 Frozen feature networks -> fixed random cross-channel / cross-scale mixing -> one trainable patch head per scale,
 as Projected GAN's pg_modules (F_RandomProj, MultiScaleD, SingleDisc) that CTM uses.

@@ -1,4 +1,4 @@
-"""Per-sample distances d(x, y) -> (B,) between image batches in [-1, 1] (the CTM loss metric, ref. §3)."""
+"""Per-sample distances d(x, y) -> (B,) between image batches in [-1, 1] (the CTM loss metric, docs/method.md §3)."""
 
 import math
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""CTM, DSM and GAN losses and the adaptive loss weights, as the official code computes them (reference §3)."""
+"""CTM, DSM and GAN losses and the adaptive loss weights, as the official code computes them (docs/method.md §3)."""
 
 import torch
 

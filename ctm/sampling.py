@@ -1,4 +1,4 @@
-"""CTM sampling: γ-sampling (paper Alg. 2, reference §4) and its general jump-and-renoise form."""
+"""CTM sampling: γ-sampling (paper Alg. 2, docs/method.md §4) and its general jump-and-renoise form."""
 
 import math
 
@@ -47,3 +47,22 @@ def two_step_sample(G, latents, grid, i1, i2, class_labels=None, generator=None)
     t_steps = [float(grid[0]), float(grid[i2]), float(grid[-1])]
     return jump_sample(G, latents * float(grid[0]), t_steps, [float(grid[i1]), float(grid[-1])],
                        class_labels, generator)
+
+
+def gamma_landings(t_steps, gamma):
+    """The γ-law's landing times for given jump times t_0 > … > t_N = σ_min: s_n = √(1−γ²)(t_{n+1} − σ_min) + σ_min,
+    and s_{N−1} = σ_min (docs/method.md §4, the official sample_util)."""
+    sigma_min = float(t_steps[-1])
+    if not 0 <= gamma <= 1 or len(t_steps) < 2 or any(b > a for a, b in zip(t_steps, t_steps[1:])):
+        raise ValueError(f"need 0 <= gamma <= 1 and at least 2 non-increasing jump times; got gamma={gamma}, "
+                         f"t={list(t_steps)}")
+    s_steps = [min(math.sqrt(1 - gamma ** 2) * (float(t) - sigma_min) + sigma_min, float(t)) for t in t_steps[1:]]
+    s_steps[-1] = sigma_min
+    return s_steps
+
+
+def gamma_sample_at(G, latents, t_steps, gamma, class_labels=None, generator=None):
+    """γ-sampling (paper Alg. 2) along explicit jump times t_0 > t_1 > … > t_N = σ_min: x_{t_0} = t_0·latents; per
+    step x̃ = G(x_{t_n}, t_n, s_n), then x_{t_{n+1}} = x̃ + √(t_{n+1}² − s_n²)·ε. gamma_sample is this on the ρ-ramp."""
+    return jump_sample(G, latents * float(t_steps[0]), list(t_steps), gamma_landings(t_steps, gamma), class_labels,
+                       generator)

@@ -1,4 +1,4 @@
-"""The CTM time grid and the laws that draw (n, k, s) and the DSM noise level (reference §0, §3)."""
+"""The CTM time grid and the laws that draw (n, k, s) and the DSM noise level (docs/method.md §0, §3)."""
 
 import math
 
@@ -96,7 +96,7 @@ def sample_s_index(n, k, N, generator=None):
 
 def sample_dsm_sigma(batch, generator=None, P_mean=-1.2, P_std=1.2, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
                      rho=RHO, diffusion_mult=0.7):
-    """DSM noise levels of one micro-batch, split exactly in half as the official code does (reference §3): rows
+    """DSM noise levels of one micro-batch, split exactly in half as the official code does (docs/method.md §3): rows
     [0, batch//2) lognormal(P_mean, P_std), the rest ρ-ramp uniform over its first `diffusion_mult` (σ_max down)."""
     half = batch // 2
     lognormal = torch.exp(P_mean + P_std * torch.randn(half, generator=generator, dtype=torch.float64))

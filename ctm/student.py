@@ -1,4 +1,4 @@
-"""The CTM student G_θ(x_t, t, s) (Kim et al. 2024, reference §1).
+"""The CTM student G_θ(x_t, t, s) (Kim et al. 2024, docs/method.md §1).
 
 G(x_t, t, s) = (s/t)·x_t + (1 − s/t)·g(x_t, t, s), g = c_skip(t)·x_t + c_out(t)·F(c_in(t)·x_t, c_noise(t), c_noise(s), y)
 with EDM's scalings at t only, so G(x, t, t) = x and g(x, t, t) is a denoiser. c_noise, for t and s alike, is the
@@ -48,7 +48,7 @@ class CTMPrecond(Preconditioned):
         return ratio * x + (1 - ratio) * g
 
     def last_layer_weight(self):
-        """W_L for the adaptive loss weights (reference §3): SongUNet's final conv; ADM's last block's zero-init conv
+        """W_L for the adaptive loss weights (docs/method.md §3): SongUNet's final conv; ADM's last block's zero-init conv
         (OpenAI's ADM: `output_blocks[15][0].out_layers[3]` on ImageNet-64)."""
         if isinstance(self.model, SongUNet):
             res = self.img_resolution

@@ -1,6 +1,6 @@
 """A student that starts as its teacher when the teacher has no network to copy (the Gaussian-mixture teacher).
 
-The official code copies every teacher weight into the student (reference §1), so g_θ(x, t, s) starts as the
+The official code copies every teacher weight into the student (docs/method.md §1), so g_θ(x, t, s) starts as the
 teacher's denoiser D_φ(x, t) for every s, and G_θ(x, t, s) = (s/t)·x + (1 − s/t)·g_θ as the teacher's Euler (DDIM)
 step from t to s. A mixture teacher has an exact denoiser but no weights: regressing g_θ onto it gives the same start.
 """
@@ -32,7 +32,7 @@ class TeacherRegressionLoss:
 
 def regress_onto_teacher(G, denoise, images, steps, batch_size, lr, generator, grid, labels=None, log=None):
     """Fit g_θ of the CTMPrecond `G` to the teacher's denoiser on x0 + σz, x0 from `images`, σ from the DSM law on
-    `grid` (reference §3), for `steps` RAdam steps with a cosine learning-rate decay to 0. Returns the last loss."""
+    `grid` (docs/method.md §3), for `steps` RAdam steps with a cosine learning-rate decay to 0. Returns the last loss."""
     loss_fn = TeacherRegressionLoss(denoise, G.sigma_data)
     opt = torch.optim.RAdam(G.parameters(), lr=lr)
     G.train()

@@ -1,4 +1,4 @@
-"""One CTM training step's pieces, as the official loop composes them (reference §3): the G objective, the D
+"""One CTM training step's pieces, as the official loop composes them (docs/method.md §3): the G objective, the D
 objective and the EMA updates. The data, the teacher segment x_u and the draws come from the caller."""
 
 import torch

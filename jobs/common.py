@@ -74,6 +74,14 @@ def ray_cluster(local_cpus=None):
         restore_env(saved)
 
 
+def input_errors():
+    """The exception types that mean bad input: the stage exits 2 with one line and no traceback. ConfigError,
+    TeacherError, DatasetError and InputError (several at once) are ValueErrors; CacheError is a missing, mismatched
+    or damaged trajectory cache. Each stage checks its inputs with these before Ray starts."""
+    from pipeline.cache import CacheError
+    return (ValueError, FileNotFoundError, CacheError)
+
+
 def root_cause(error):
     """The user's exception inside Ray's wrappers (RayTaskError and friends keep it as `.cause`)."""
     while getattr(error, "cause", None) is not None and error.cause is not error:

@@ -5,27 +5,28 @@
     python -m jobs.generate_trajectories describe --config jobs/configs/digits.yaml   # or: describe --cache DIR_OR_URL
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m jobs.generate_trajectories --config ...
 
-Rerunning `generate` after a crash finishes the cache; a larger cache.num_records extends it; `generate --repair`
-rewrites shards that fail verification. Exit status: 0 done, 1 verify found problems, 2 error (one line on stderr).
+Rerunning `generate` after a crash finishes the cache; a larger cache.num_records extends it; `generate` refuses a
+cache whose shards fail the quick check, and `generate --repair` rewrites shards that fail the full check and rebuilds
+a damaged manifest from the shards that verify. Exit status: 0 done, 1 verify found problems, 2 error (one line on
+stderr).
 """
 
 import sys
 import traceback
 
-from jobs.common import fail, ray_cluster, root_cause, stage_parser
+from jobs.common import fail, input_errors, ray_cluster, root_cause, stage_parser
 from pipeline.cache import CacheError, format_report, generate_cache, open_cache
-from pipeline.config import ConfigError, load_config
-from pipeline.datasets import DatasetError
-
-EXPECTED = (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError)  # user errors: no traceback
+from pipeline.config import load_config
 
 
 def parse_args(argv=None):
     p = stage_parser(__doc__, "cache.num_records=8192")
     p.add_argument("command", nargs="?", default="generate", choices=["generate", "verify", "describe"])
     p.add_argument("--cache", help="verify/describe: a cache folder or URL, instead of the one the config names")
-    p.add_argument("--repair", action="store_true", help="generate: rewrite shards that fail verification")
-    p.add_argument("--quick", action="store_true", help="verify: object lists and sizes only, no checksums")
+    p.add_argument("--repair", action="store_true", help="generate: rewrite shards that fail verification and rebuild "
+                                                         "a damaged manifest from the shards that verify")
+    p.add_argument("--quick", action="store_true", help="verify: object lists, sizes and the checksums of the small "
+                                                        "objects (metadata, 1-D arrays) only")
     return p.parse_args(argv)
 
 
@@ -53,8 +54,10 @@ def main(argv=None):
     try:
         return run(args)
     except Exception as e:
-        if not isinstance(root_cause(e), EXPECTED):
+        if not isinstance(root_cause(e), input_errors()):
             traceback.print_exc()
+        if isinstance(root_cause(e), CacheError):  # its own line only: Ray Data appends retry advice to a task's error
+            return fail(f"{type(root_cause(e)).__name__}: {str(root_cause(e)).splitlines()[0]}", 2)
         return fail(e, 2)
 
 

@@ -5,7 +5,8 @@
 Fits or loads the teacher, builds (or reuses) the trajectory cache with Ray Data, trains CTM + DSM + GAN with Ray
 Train, evaluates the newest checkpoint with the evaluation actors, and writes a report directory: the FID table
 (Markdown and JSON), the FID-against-NFE plot, sample grids, the config used and the time each stage took. Run twice,
-the second run reuses the cache and continues (or finds finished) the training run.
+the second run reuses the cache, continues (or finds finished) the training run, and reuses the evaluation results of
+an unchanged checkpoint and settings (kept in <out>/scored.npz; `jobs.evaluate --force` scores them again).
 """
 
 import json
@@ -14,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.common import fail, ray_cluster, stage_parser
-from pipeline.config import EMBEDDED_DEFAULT, ConfigError, load_config
-
-STAGE_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
+from jobs.common import fail, input_errors, ray_cluster, stage_parser
+from pipeline.config import EMBEDDED_DEFAULT, load_config
+from pipeline.dryrun import dry_run
 
 
 def parse_args(argv=None):
@@ -60,17 +60,14 @@ def run_stages(cfg, out):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    try:  # the dry run's checks of every stage's inputs, before Ray starts and before anything is written
         cfg = load_config(args.config or EMBEDDED_DEFAULT, args.set)
-    except ConfigError as e:
+        lines = dry_run(cfg)
+    except input_errors() as e:
         return fail(e, 2)
     print(cfg.dump(), flush=True)
     if args.dry_run:
-        from pipeline.dryrun import dry_run
-        try:
-            print("\n".join(dry_run(cfg)))
-        except (*STAGE_ERRORS, KeyError) as e:
-            return fail(e, 2)
+        print("\n".join(lines))
         print("dry run: every path and shape checked; nothing ran")
         return 0
     out = Path(args.out)
@@ -80,7 +77,9 @@ def main(argv=None):
     with ray_cluster(None if os.environ.get("RAY_ADDRESS") else args.local_cpus) as ray:
         try:
             seconds, report, checkpoint = run_stages(cfg, out)
-        except (ray.exceptions.RayError, *STAGE_ERRORS) as e:
+        except input_errors() as e:  # found only as the stages read it (an image past the first, a cache shard)
+            return fail(e, 2)
+        except (ray.exceptions.RayError, RuntimeError) as e:
             return fail(e, 1)
     seconds["total"] = round(time.time() - started, 1)
     (out / "timings.json").write_text(json.dumps({"seconds": seconds, "checkpoint": checkpoint}, indent=2))

@@ -13,11 +13,9 @@ interrupted or no trial succeeded, 2 bad input (nothing ran).
 
 import sys
 
-from jobs.common import fail, ray_cluster, stage_parser
-from pipeline.cache import CacheError
-from pipeline.config import ConfigError, load_config
-from pipeline.datasets import DatasetError
-from pipeline.evaluation.features import check_features
+from jobs.common import fail, input_errors, ray_cluster, stage_parser
+from pipeline.config import load_config
+from pipeline.dryrun import dry_run
 from pipeline.sweep import check_sweep, run_sweep
 
 
@@ -25,17 +23,17 @@ def main(argv=None):
     p = stage_parser(__doc__, "sweep.num_samples=8")
     p.add_argument("--restore", action="store_true", help="continue the sweep in <sweep.storage_path>/<sweep.name>")
     args = p.parse_args(argv)
-    try:
+    try:  # the search space and every input the trials read, before Ray starts
         cfg = load_config(args.config, args.set)
         check_sweep(cfg)
-        check_features(cfg)
-    except (ConfigError, FileNotFoundError) as e:
+        dry_run(cfg)
+    except input_errors() as e:
         return fail(e, 2)
     print(cfg.dump(), flush=True)
     with ray_cluster(args.local_cpus):
         try:
             outcome = run_sweep(cfg, restore=args.restore)
-        except (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError) as e:
+        except input_errors() as e:
             return fail(e, 2)
     print(f"sweep folder: {outcome['path']}")
     if not outcome["complete"]:

@@ -9,7 +9,7 @@ Exit status: 0 done, 2 bad input (a teacher with weights to copy needs no start)
 
 import sys
 
-from jobs.common import fail, stage_parser
+from jobs.common import fail, input_errors, stage_parser
 from pipeline.cache.store import CacheStore
 from pipeline.config import EMBEDDED_DEFAULT, ConfigError, load_config
 from pipeline.teachers import build_teacher
@@ -28,7 +28,7 @@ def main(argv=None):
         if not needs_regression(cfg, teacher):
             raise ConfigError("config key 'student.init_from_teacher': only a mixture teacher's student needs a "
                               "regressed start (a network teacher's weights are copied), and it must be true")
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except input_errors() as e:
         return fail(e, 2)
     url = teacher_start(cfg, teacher, kwargs, log=lambda line: print(line, flush=True))
     if args.ship:

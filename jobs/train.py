@@ -4,7 +4,7 @@
         --local-cpus 8
     ray job submit --working-dir . -- python -m jobs.train --config ... --set train.storage_path=s3://bucket/runs
 
-The official CIFAR-10 recipe is two runs (reference §3): CTM + DSM, then a GAN run started from its checkpoint with
+The official CIFAR-10 recipe is two runs (docs/method.md §3): CTM + DSM, then a GAN run started from its checkpoint with
 θ⁻ reset to that checkpoint's 0.999 EMA, a fresh discriminator and step 0 (--from-checkpoint DIR does the reset):
 
     python -m jobs.train --config jobs/configs/cifar10_uncond.yaml
@@ -12,7 +12,8 @@ The official CIFAR-10 recipe is two runs (reference §3): CTM + DSM, then a GAN 
         --from-checkpoint runs/cifar10_uncond/train/cifar10_uncond/checkpoint_0050000
 
 Runs on the cluster `ray.init()` finds (RAY_ADDRESS under `ray job submit`, else a local one). Rerunning the same
-command continues the run from its newest checkpoint. Exit status: 0 done, 2 bad input (nothing ran), 1 training
+command continues the run from its newest checkpoint. Exit status: 0 done, 2 bad input (nothing ran) or a
+failure a retry would meet again (a non-finite loss, a damaged shard or checkpoint: one line names it), 1 training
 failed beyond train.max_failures.
 """
 
@@ -20,11 +21,10 @@ import sys
 
 import ray.train
 
-from jobs.common import fail, ray_cluster, stage_parser
-from pipeline.cache import CacheError
-from pipeline.config import ConfigError, load_config
-from pipeline.datasets import DatasetError
+from jobs.common import fail, input_errors, ray_cluster, stage_parser
+from pipeline.config import load_config
 from pipeline.train import run_training
+from pipeline.train.trainer import check_training_inputs
 
 
 FROM_CHECKPOINT_HELP = ("start a new run from another run's checkpoint (directory, checkpoint.pt or URL): sets "
@@ -46,15 +46,16 @@ def config(args):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    try:
+    try:  # every input, before Ray starts and before the run directory is written
         cfg = config(args)
-    except ConfigError as e:
+        check_training_inputs(cfg)
+    except input_errors() as e:
         return fail(e, 2)
     print(cfg.dump(), flush=True)
     with ray_cluster(args.local_cpus):
         try:
             result = run_training(cfg)
-        except (ConfigError, CacheError, DatasetError, FileNotFoundError, ValueError) as e:
+        except input_errors() as e:
             return fail(e, 2)
         except ray.train.TrainingFailedError as e:
             return fail(f"training failed (more than train.max_failures={cfg.train.max_failures} failures): {e}\n"

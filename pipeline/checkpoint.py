@@ -1,27 +1,49 @@
-"""Training checkpoints: one directory holding `checkpoint.pt`, written by rank 0 and made durable by
-`ray.train.report(..., checkpoint=Checkpoint.from_directory(dir))`, which registers it only once fully persisted.
+"""Training checkpoints: one directory holding `checkpoint.pt` and its digest `checkpoint.sha256`, written by rank 0
+and made durable by `ray.train.report(..., checkpoint=Checkpoint.from_directory(dir))`, which registers it only once
+fully persisted.
 
 `checkpoint.pt` is a `torch.save` dict: "step", "config" (cfg.to_dict()), "student_kwargs" (CTMPrecond init_kwargs),
 "student", "target", "ema" ({str(rate): state_dict}), "discriminator" (or None), "opt_G", "opt_D" (or None), "rng",
 "data" (the data position). Every value is a tensor or plain data, so it loads with `weights_only=True`.
+
+`checkpoint.sha256` holds the sha256 of checkpoint.pt in `sha256sum` format (`sha256sum -c checkpoint.sha256` checks
+it by hand); it is written before the directory is handed to Ray and checked at every load, so a flipped byte is
+refused instead of trained on. A checkpoint without one (written before checkpoints carried a digest) loads with a
+warning once the CRC-32s of its zip records pass.
 """
 
+import hashlib
 import os
+import posixpath
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
 from ctm.student import CTMPrecond
 from pipeline.config import load_config
 
 CHECKPOINT_FILE = "checkpoint.pt"
+DIGEST_FILE = "checkpoint.sha256"
 PARTS = ("step", "config", "student_kwargs", "student", "target", "ema", "discriminator", "opt_G", "opt_D", "rng",
          "data")
 
 
+class DamagedCheckpointError(ValueError):
+    """A checkpoint.pt that does not match its digest, or cannot be read: a retry reads the same bytes."""
+
+
+def sha256(fileobj):
+    """Hex sha256 of an open binary file, read in blocks (a checkpoint may be larger than memory)."""
+    return hashlib.file_digest(fileobj, "sha256").hexdigest()
+
+
 def save_checkpoint(directory, **parts):
-    """Write `parts` to directory/checkpoint.pt through a temporary file and a rename (never a half-written file)."""
+    """Write `parts` to directory/checkpoint.pt through a temporary file and a rename (never a half-written file),
+    its digest beside it first (a kill in between leaves a digest that refuses the old or missing file)."""
     missing = [p for p in PARTS if p not in parts]
     if missing:
         raise ValueError(f"a checkpoint needs every part {PARTS}; missing {missing}")
@@ -30,6 +52,12 @@ def save_checkpoint(directory, **parts):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         torch.save(parts, f)
+    with open(tmp, "rb") as f:
+        digest = sha256(f)
+    fd, tmp_digest = tempfile.mkstemp(dir=directory, prefix=".digest-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{digest}  {CHECKPOINT_FILE}\n")
+    os.replace(tmp_digest, directory / DIGEST_FILE)
     os.replace(tmp, directory / CHECKPOINT_FILE)
     return directory / CHECKPOINT_FILE
 
@@ -45,14 +73,65 @@ def checkpoint_file(path):
     return file
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """The parts dict of a checkpoint directory or checkpoint.pt file."""
-    file = checkpoint_file(path)
+def checkpoint_problem(file, fs=None):
+    """What is wrong with checkpoint.pt `file` (a path on the fsspec filesystem `fs`, local by default), or None when
+    it matches the digest beside it. "no digest" for a checkpoint written before digests (see `legacy_problem`)."""
+    fs = fs or LocalFileSystem()
+    file = str(file)
+    digest_file = posixpath.join(posixpath.dirname(file), DIGEST_FILE)
+    if not fs.exists(file):
+        return f"{CHECKPOINT_FILE} is missing"
+    if not fs.exists(digest_file):
+        return "no digest"
+    recorded = fs.cat_file(digest_file)[:200].decode(errors="replace").split()
+    if not recorded or len(recorded[0]) != 64:
+        return f"{DIGEST_FILE} is unreadable"
+    with fs.open(file, "rb") as f:
+        actual = sha256(f)
+    if actual != recorded[0]:
+        return f"{CHECKPOINT_FILE} has sha256 {actual[:12]}…, not the {recorded[0][:12]}… recorded in {DIGEST_FILE}"
+    return None
+
+
+def legacy_problem(file, fs=None):
+    """What is wrong with a checkpoint.pt that has no digest, or None: the CRC-32 of every record of its zip archive
+    (torch.save stores them; torch.load does not check them)."""
+    fs = fs or LocalFileSystem()
     try:
-        parts = torch.load(file, map_location=map_location, weights_only=True)
+        with fs.open(str(file), "rb") as f, zipfile.ZipFile(f) as archive:
+            bad = archive.testzip()
+    except Exception as e:  # whatever stops a zip reader: a truncated or garbled archive
+        return f"{CHECKPOINT_FILE} is not a readable archive ({type(e).__name__}: {e})"
+    return None if bad is None else f"{CHECKPOINT_FILE}'s record {bad} fails its CRC-32"
+
+
+def verify_checkpoint(file, fs=None):
+    """None when checkpoint.pt `file` matches its digest (or, written before digests, passes its CRC-32 checks); else
+    what is wrong with it."""
+    problem = checkpoint_problem(file, fs)
+    return legacy_problem(file, fs) if problem == "no digest" else problem
+
+
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """The parts dict of a checkpoint directory or checkpoint.pt file; DamagedCheckpointError when its bytes are not
+    those written (a checkpoint without a digest is checked by its CRC-32s and loaded with a warning). mmap=True maps
+    the tensors from the file, so only those used are read."""
+    file = checkpoint_file(path)
+    problem = checkpoint_problem(file)
+    legacy = problem == "no digest"
+    if legacy:
+        problem = legacy_problem(file)
+    if problem is not None:
+        raise DamagedCheckpointError(f"{file} is damaged: {problem}; use an older checkpoint of the run (rerunning "
+                                     "the run's command resumes from the newest checkpoint that verifies)")
+    if legacy:
+        warnings.warn(f"{file} has no {DIGEST_FILE} beside it (written before checkpoints carried a digest): checked "
+                      "by its CRC-32s only", stacklevel=2)
+    try:
+        parts = torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
-        raise ValueError(f"{file} is not a readable training checkpoint ({e}); it may be truncated or damaged: "
-                         "use an older checkpoint of the run") from None
+        raise DamagedCheckpointError(f"{file} is not a readable training checkpoint ({e}); it may be truncated or "
+                                     "damaged: use an older checkpoint of the run") from None
     missing = [p for p in PARTS if p not in parts] if isinstance(parts, dict) else list(PARTS)
     if missing:
         raise ValueError(f"{file} is not a training checkpoint of this project: it lacks {missing}")

@@ -3,8 +3,9 @@
 An unknown key, a wrong type or an impossible value stops the run with a message that names the key.
 """
 
+import copy
 import dataclasses
-import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ class CacheConfig:
 
 @dataclass
 class StudentConfig:
-    architecture: str = "teacher"     # "teacher": the teacher's EDM network plus the s-path; "tiny": small DDPM++
+    architecture: str | None = None   # "teacher": the teacher's EDM network plus the s-path; "tiny": small DDPM++
+                                      # (None: "teacher" for EDM and ADM teachers, "tiny" for the mixture)
     init_from_teacher: bool = True    # start as the teacher: copy its weights (EDM, ADM), or regress onto its exact
                                       # denoiser (mixture; cached under <cache.root>/teacher-start/)
     init_steps: int = 2000            # mixture teacher: regression steps (cosine learning-rate decay to 0)
@@ -135,9 +137,9 @@ class EvalConfig:
     reference_cache: str | None = None  # where reference statistics are cached (None = <eval.out>/references)
     likelihood_samples: int = 64      # images scored for NLL (bits/dim, Hutchinson)
     likelihood_path: str | None = None  # held-out images of the same dataset kind (None = a subset of data.path)
-    sweep_nfe: tuple = (1, 2, 3, 4, 6, 8)         # γ-schedule sweep on finished checkpoints (no training)
-    sweep_gammas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
-    sweep_two_step: tuple = ()        # [i1, i2] pairs swept beside sweep_nfe × sweep_gammas
+    schedule_nfe: tuple = (1, 2, 3, 4, 6, 8)      # the schedule sweep (jobs.evaluate --schedule-sweep): NFE × γ
+    schedule_gammas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)  # on finished checkpoints, no training
+    schedule_two_step: tuple = ()     # [i1, i2] pairs scored beside schedule_nfe × schedule_gammas
 
 
 @dataclass
@@ -156,6 +158,7 @@ class SweepConfig:
     seed: int = 0                     # random draws of the search space
     cpus_per_trial: float = 1.0       # each trial's driver (its Train workers reserve train.cpus_per_worker)
     max_failures: int = 1             # retries of a failed trial from its last report (-1: forever)
+    schedule_trials: int = 0          # > 0: score each report by the best of this many schedules at sweep.nfe (0: off)
 
 
 @dataclass
@@ -234,12 +237,36 @@ def _set_dotted(tree, dotted, value):
     node[leaf] = value
 
 
+def _yaml_problem(error):
+    """Where and what a YAML parse error is, on one line: 'line 3, column 7: mapping values are not allowed here'."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None) or str(error)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def parse_override(text):
     """'train.lr=1e-4' -> ('train.lr', 1e-4); the value is read as YAML (numbers, lists, null, true)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({_yaml_problem(e)}); quote text that "
+                          "holds ':' or '#', and write lists as [a, b] and mappings as {key: value}") from None
+
+
+def _read_yaml(path):
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML at {_yaml_problem(e)}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(loaded or {}, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return loaded or {}
 
 
 EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml"
@@ -251,22 +278,48 @@ def load_config(path=None, overrides=(), base=None):
     Keys that neither gives take the dataclass defaults above, which are the official hyperparameters; the embedded
     digits default run is the file EMBEDDED_DEFAULT.
     """
-    tree = dict(base or {})
+    tree = _renamed_keys_moved(base or {})  # a checkpoint's stored config may predate a rename
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        tree = _merge(tree, loaded)
-    tree = json.loads(json.dumps(tree))  # deep copy of plain data
+        tree = _merge(tree, _refuse_renamed_keys(_read_yaml(Path(path)), f"the config file {path}"))
+    tree = copy.deepcopy(tree)
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         _set_dotted(tree, key, value)
-    cfg = _build(Config, tree, "")
+    cfg = _build(Config, _refuse_renamed_keys(tree, "--set"), "")
+    if cfg.student.architecture is None:
+        cfg.student.architecture = "tiny" if cfg.teacher.kind == "gmm" else "teacher"
     validate(cfg)
     return cfg
+
+
+RENAMED = {"eval.sweep_nfe": "eval.schedule_nfe", "eval.sweep_gammas": "eval.schedule_gammas",
+           "eval.sweep_two_step": "eval.schedule_two_step"}  # old key: new key
+
+
+def _renamed_present(tree):
+    """(old, new) of each renamed key that `tree` holds."""
+    def holds(key):
+        section, name = key.split(".")
+        return isinstance(tree.get(section), dict) and name in tree[section]
+    return [(old, new) for old, new in RENAMED.items() if holds(old)]
+
+
+def _refuse_renamed_keys(tree, where):
+    """`tree`, or a ConfigError naming the new name of every renamed key that a user's file or --set still uses."""
+    present = _renamed_present(tree)
+    if present:
+        renames = ", ".join(f"config key '{old}' is now '{new}'" for old, new in present)
+        raise ConfigError(f"{renames}; rename {'it' if len(present) == 1 else 'them'} in {where}")
+    return tree
+
+
+def _renamed_keys_moved(tree):
+    """A copy of a stored config dict with each renamed key under its new name."""
+    tree = copy.deepcopy(dict(tree))
+    for old, new in _renamed_present(tree):
+        (section, name), (_, new_name) = old.split("."), new.split(".")
+        tree[section][new_name] = tree[section].pop(name)
+    return tree
 
 
 def _merge(a, b):
@@ -276,84 +329,160 @@ def _merge(a, b):
     return out
 
 
+def _interval(low, high, low_open, high_open):
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}"
+
+
+def _number(key, value, low=None, high=None, low_open=False, high_open=False, integer=False, entry=""):
+    """Refuse, naming the key, a value that is not a finite number (an integer when `integer`) within the bounds."""
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) \
+        and (low is None or (value > low if low_open else value >= low)) \
+        and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        raise ConfigError(f"config key '{key}': {entry}must be {what} {_interval(low, high, low_open, high_open)}, "
+                          f"got {value!r}")
+
+
+def _numbers(key, values, **bounds):
+    for v in values:
+        _number(key, v, entry="every entry ", **bounds)
+
+
+def _count(key, value, low=1):
+    _number(key, value, low=low, integer=True)
+
+
+def _optional(check, key, value, **bounds):
+    if value is not None:
+        check(key, value, **bounds)
+
+
+def _gpus(key, value):
+    _number(key, value, low=0, low_open=True)
+    if value > 1 and value != int(value):
+        raise ConfigError(f"config key '{key}': Ray takes a fraction of one GPU (<= 1) or whole GPUs, got {value}")
+
+
 def validate(cfg):
-    """Impossible values, named by key."""
+    """Impossible values, named by key: every number is finite and in its range, every choice one of its options, and
+    the sections agree with each other."""
     def need(cond, key, msg):
         if not cond:
             raise ConfigError(f"config key '{key}': {msg}")
-    g = cfg.grid
-    need(0 < g.sigma_min < g.sigma_max, "grid.sigma_min", f"need 0 < sigma_min < sigma_max, got {g.sigma_min} and {g.sigma_max}")
-    need(g.N >= 2, "grid.N", f"need at least 2 grid points, got {g.N}")
-    need(1 <= g.K_max <= g.N - 1, "grid.K", f"need 1 <= K <= N-1 = {g.N - 1}, got {g.K}")
     need(cfg.teacher.kind in ("gmm", "edm", "adm"), "teacher.kind",
          f"must be 'gmm', 'edm' or 'adm', got {cfg.teacher.kind!r}")
     need(cfg.teacher.kind == "gmm" or cfg.teacher.path, "teacher.path",
          f"an {cfg.teacher.kind.upper()} teacher needs the path of its {'.pkl' if cfg.teacher.kind == 'edm' else '.pt'}")
+    _count("teacher.components", cfg.teacher.components)
+    g = cfg.grid
+    _count("grid.N", g.N, low=2)
+    _number("grid.sigma_min", g.sigma_min, low=0, low_open=True)
+    _number("grid.sigma_max", g.sigma_max, low=0, low_open=True)
+    need(g.sigma_min < g.sigma_max, "grid.sigma_min",
+         f"need 0 < sigma_min < sigma_max, got {g.sigma_min} and {g.sigma_max}")
+    _number("grid.rho", g.rho, low=0, low_open=True)  # the Karras ramp raises to 1/ρ (EDM eq. 5)
+    _optional(_count, "grid.K", g.K)
+    need(1 <= g.K_max <= g.N - 1, "grid.K", f"need 1 <= K <= N-1 = {g.N - 1}, got {g.K}")
     need(cfg.data.name in ("digits", "cifar10", "imagenet64", "folder"), "data.name",
          f"must be digits, cifar10, imagenet64 or folder, got {cfg.data.name!r}")
     need(cfg.data.name == "digits" or cfg.data.path, "data.path", f"dataset {cfg.data.name!r} needs a path")
-    need(cfg.data.resolution is None or (cfg.data.name in ("folder", "imagenet64") and cfg.data.resolution >= 1),
-         "data.resolution", "only folder and imagenet64 images are resized (digits are 8x8, cifar10 32x32); must be >= 1")
-    need(cfg.data.max_images is None or cfg.data.max_images >= 1, "data.max_images", "must be positive or null")
+    _optional(_count, "data.resolution", cfg.data.resolution)
+    need(cfg.data.resolution is None or cfg.data.name in ("folder", "imagenet64"), "data.resolution",
+         "only folder and imagenet64 images are resized (digits are 8x8, cifar10 32x32); set it to null")
+    _optional(_count, "data.max_images", cfg.data.max_images)
     c = cfg.cache
     need(c.mode in ("data", "noise"), "cache.mode", f"must be 'data' or 'noise', got {c.mode!r}")
     need(c.dtype in ("float16", "float32"), "cache.dtype", f"must be float16 or float32, got {c.dtype!r}")
-    need(c.num_records >= 1, "cache.num_records", "must be positive")
-    need(c.records_per_shard >= 1, "cache.records_per_shard", "must be positive")
-    need(c.batch_size >= 1 and c.num_actors >= 1, "cache.batch_size", "batch size and actor count must be positive")
-    need(c.gpus_per_actor > 0 and c.cpus_per_actor > 0, "cache.cpus_per_actor", "resources per actor must be positive")
-    t = cfg.train
+    for key in ("num_records", "records_per_shard", "batch_size", "num_actors"):
+        _count(f"cache.{key}", getattr(c, key))
+    _count("cache.seed", c.seed, low=0)
+    _gpus("cache.gpus_per_actor", c.gpus_per_actor)
+    _number("cache.cpus_per_actor", c.cpus_per_actor, low=0, low_open=True)
+    s = cfg.student
+    need(s.architecture in ("teacher", "tiny"), "student.architecture",
+         f"must be 'teacher' or 'tiny', got {s.architecture!r}")
+    if s.architecture == "teacher" and cfg.teacher.kind == "gmm":
+        raise ConfigError("config keys 'student.architecture' and 'teacher.kind': student.architecture 'teacher' "
+                          "copies an EDM or ADM teacher's network, but teacher.kind 'gmm' is a Gaussian mixture, "
+                          "which has none; set student.architecture=tiny, or start from the embedded digits default "
+                          "run (--config jobs/configs/digits.yaml)")
+    _count("student.init_steps", s.init_steps)
+    _count("student.init_batch_size", s.init_batch_size)
+    _number("student.init_lr", s.init_lr, low=0, low_open=True)
+    _optional(_number, "student.dropout", s.dropout, low=0, high=1, high_open=True)
+    _check_train(cfg.train, need)
+    _check_eval(cfg.eval, g, need)
+    w = cfg.sweep
+    for key in ("num_samples", "max_concurrent_trials", "grace_period", "report_every", "nfe"):
+        _count(f"sweep.{key}", getattr(w, key))
+    _count("sweep.reduction_factor", w.reduction_factor, low=2)  # ASHA keeps 1/reduction_factor at each rung
+    _number("sweep.gamma", w.gamma, low=0, high=1)
+    _count("sweep.seed", w.seed, low=0)
+    _number("sweep.cpus_per_trial", w.cpus_per_trial, low=0)
+    _count("sweep.max_failures", w.max_failures, low=-1)
+    _count("sweep.schedule_trials", w.schedule_trials, low=0)
+    need(w.schedule_trials == 0 or w.nfe >= 2, "sweep.schedule_trials",
+         f"a schedule search needs sweep.nfe >= 2 (NFE 1 has no intermediate time), got nfe {w.nfe}")
+
+
+def _check_train(t, need):
     need(t.teacher_mode in ("cached", "online"), "train.teacher_mode", f"must be 'cached' or 'online', got {t.teacher_mode!r}")
-    need(t.num_workers >= 1, "train.num_workers", "must be at least 1")
+    for key in ("steps", "batch_size", "num_workers", "checkpoint_every", "num_to_keep", "log_every", "queue_steps"):
+        _count(f"train.{key}", getattr(t, key))
     need(t.batch_size % t.num_workers == 0, "train.batch_size",
          f"global batch {t.batch_size} must divide evenly among {t.num_workers} workers")
     share = t.batch_size // t.num_workers
-    need(t.micro_batch is None or (t.micro_batch >= 1 and share % t.micro_batch == 0), "train.micro_batch",
+    _optional(_count, "train.micro_batch", t.micro_batch)
+    need(t.micro_batch is None or share % t.micro_batch == 0, "train.micro_batch",
          f"each worker's share {share} must be a multiple of micro_batch {t.micro_batch}")
     need(t.distance in ("lpips", "pseudo_huber", "l2"), "train.distance", f"must be lpips, pseudo_huber or l2, got {t.distance!r}")
-    need(0 <= t.target_ema < 1 and all(0 <= r < 1 for r in t.ema_rates), "train.target_ema", "EMA rates must lie in [0, 1)")
-    need(t.steps >= 1, "train.steps", "must be positive")
-    need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be positive")
-    need(t.log_every >= 1 and t.num_to_keep >= 1, "train.log_every", "log_every and num_to_keep must be positive")
-    need(t.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1: retry forever)")
+    for key in ("lr", "lr_d"):
+        lr = getattr(t, key)
+        need(0 < lr < math.inf, f"train.{key}", f"learning rates must be positive and finite, got {lr}")
     need(t.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
          f"must be 'constant' or 'cosine', got {t.lr_schedule!r}")
-    need(t.lr_decay_steps is None or t.lr_decay_steps >= 1, "train.lr_decay_steps", "must be positive or null")
-    need(t.lr > 0 and t.lr_d > 0, "train.lr", f"learning rates must be positive, got lr={t.lr}, lr_d={t.lr_d}")
-    need(t.gan_start is None or t.gan_start >= 0, "train.gan_start", "must be >= 0 or null (no GAN)")
+    _optional(_count, "train.lr_decay_steps", t.lr_decay_steps)
+    need(len(t.betas_d) == 2, "train.betas_d", f"RAdam takes two betas [beta1, beta2], got {list(t.betas_d)}")
+    _numbers("train.betas_d", t.betas_d, low=0, high=1, high_open=True)
+    _number("train.target_ema", t.target_ema, low=0, high=1, high_open=True)
+    _numbers("train.ema_rates", t.ema_rates, low=0, high=1, high_open=True)
+    _optional(_number, "train.lambda_dsm", t.lambda_dsm, low=0)
+    _optional(_number, "train.lambda_gan", t.lambda_gan, low=0)
+    _optional(_count, "train.gan_start", t.gan_start, low=0)
+    _gpus("train.gpus_per_worker", t.gpus_per_worker)
+    _number("train.cpus_per_worker", t.cpus_per_worker, low=0)
+    _count("train.max_failures", t.max_failures, low=-1)  # -1: retry forever
+    _count("train.seed", t.seed, low=0)
     ema = t.init_target.startswith("ema_") and t.init_target[4:].replace(".", "", 1).isdigit()
     need(t.init_target == "target" or ema, "train.init_target",
          f"must be 'target' or 'ema_<rate>' (an EMA the checkpoint holds, e.g. ema_0.999), got {t.init_target!r}")
     need(t.init_target == "target" or t.init_checkpoint, "train.init_target",
          "resets θ⁻ from train.init_checkpoint's EMA; set train.init_checkpoint (or use --from-checkpoint DIR)")
-    need(t.queue_steps >= 1, "train.queue_steps", f"must be at least 1, got {t.queue_steps}")
-    need(t.fail_at_step is None or 0 <= t.fail_at_step < t.steps, "train.fail_at_step", "test-only; must lie in [0, steps)")
-    need(cfg.student.architecture in ("teacher", "tiny"), "student.architecture",
-         f"must be 'teacher' or 'tiny', got {cfg.student.architecture!r}")
-    need(cfg.student.init_steps >= 1 and cfg.student.init_batch_size >= 1 and cfg.student.init_lr > 0,
-         "student.init_steps", "the teacher start's steps, batch size and learning rate must be positive")
-    need(cfg.student.dropout is None or 0 <= cfg.student.dropout < 1, "student.dropout", "must lie in [0, 1) or be null")
-    e = cfg.eval
-    need(all(n >= 1 for n in e.nfe), "eval.nfe", f"every NFE must be >= 1, got {e.nfe}")
-    need(all(0 <= x <= 1 for x in e.gammas), "eval.gammas", f"every γ must lie in [0, 1], got {e.gammas}")
+    need(t.fail_at_step is None or (isinstance(t.fail_at_step, int) and 0 <= t.fail_at_step < t.steps),
+         "train.fail_at_step", "test-only; must lie in [0, steps)")
+
+
+def _check_eval(e, g, need):
+    _numbers("eval.nfe", e.nfe, low=1, integer=True)
+    _numbers("eval.gammas", e.gammas, low=0, high=1)
+    _numbers("eval.schedule_nfe", e.schedule_nfe, low=1, integer=True)
+    _numbers("eval.schedule_gammas", e.schedule_gammas, low=0, high=1)
+    for key in ("two_step", "schedule_two_step"):
+        pairs = getattr(e, key)
+        need(all(isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(i, int) for i in p)
+                 and 0 < p[1] <= p[0] < g.N - 1 for p in pairs),
+             f"eval.{key}", f"needs [i1, i2] pairs of grid indices with 0 < i2 <= i1 < N-1 = {g.N - 1}, got {pairs}")
     need(e.features in ("digits", "inception"), "eval.features", f"must be 'digits' or 'inception', got {e.features!r}")
     need(e.features != "inception" or e.inception_path, "eval.inception_path",
          "Inception features need the local file inception-2015-12-05.pt (it cannot be downloaded here)")
-    need(all(n >= 1 for n in e.sweep_nfe) and all(0 <= x <= 1 for x in e.sweep_gammas), "eval.sweep_nfe",
-         f"sweep NFEs must be >= 1 and γ's in [0, 1], got {e.sweep_nfe} and {e.sweep_gammas}")
-    for key in ("two_step", "sweep_two_step"):
-        pairs = getattr(e, key)
-        need(all(isinstance(p, (list, tuple)) and len(p) == 2 and 0 < p[1] <= p[0] < g.N - 1 for p in pairs),
-             f"eval.{key}", f"needs [i1, i2] pairs with 0 < i2 <= i1 < N-1 = {g.N - 1}, got {pairs}")
-    need(e.num_samples >= 2 and e.batch_size >= 1, "eval.num_samples", "need at least 2 samples and a positive batch")
-    need(e.num_actors >= 1, "eval.num_actors", "must be at least 1")
-    need(0 <= e.ema_rate < 1, "eval.ema_rate", f"an EMA rate in [0, 1) (0: the online weights), got {e.ema_rate}")
-    need(e.likelihood_samples >= 1, "eval.likelihood_samples", "must be positive")
-    s = cfg.sweep
-    need(s.num_samples >= 1 and s.max_concurrent_trials >= 1, "sweep.num_samples",
-         "num_samples and max_concurrent_trials must be positive")
-    need(s.report_every >= 1 and s.grace_period >= 1, "sweep.report_every", "report_every and grace_period must be positive")
-    need(s.reduction_factor >= 2, "sweep.reduction_factor", f"ASHA needs a reduction factor >= 2, got {s.reduction_factor}")
-    need(s.nfe >= 1 and 0 <= s.gamma <= 1, "sweep.nfe", f"need nfe >= 1 and 0 <= gamma <= 1, got {s.nfe} and {s.gamma}")
-    need(s.cpus_per_trial >= 0 and s.max_failures >= -1, "sweep.cpus_per_trial",
-         "cpus_per_trial must be >= 0 and max_failures >= -1")
+    _count("eval.num_samples", e.num_samples, low=2)  # a covariance needs two samples
+    for key in ("batch_size", "num_actors", "likelihood_samples"):
+        _count(f"eval.{key}", getattr(e, key))
+    _count("eval.seed", e.seed, low=0)
+    _gpus("eval.gpus_per_actor", e.gpus_per_actor)
+    _number("eval.cpus_per_actor", e.cpus_per_actor, low=0)
+    _number("eval.ema_rate", e.ema_rate, low=0, high=1, high_open=True)  # 0: the online weights

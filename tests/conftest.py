@@ -23,6 +23,15 @@ def gmm2d():
     return make_gmm(2)
 
 
+@pytest.fixture(scope="session")
+def teacher_path(tmp_path_factory):
+    """The digits mixture teacher (10 components), fitted once and saved: workers and actors load it instantly."""
+    from ctm.digits import fit_digits_teacher
+    path = tmp_path_factory.mktemp("teacher") / "digits.npz"
+    fit_digits_teacher().save(path)
+    return path
+
+
 def pytest_collection_modifyitems(items):
     """Tests on a Ray cluster are marked `ray` and `slow` (`pytest -m "not slow"` runs the method alone); tests that
     start their own Ray head node run last, after the shared cluster is shut down."""

@@ -1,4 +1,5 @@
-"""The generation CLI: killed with SIGKILL mid-run and rerun, it finishes without rewriting complete shards.
+"""The generation CLI: killed with SIGKILL at random moments and rerun, it finishes without rewriting complete shards,
+with the bytes of a run left alone.
 
 The killed run is a separate driver connected to the session's Ray cluster, as under `ray job submit`; the rerun
 calls the same CLI in this process.
@@ -6,6 +7,7 @@ calls the same CLI in this process.
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -45,6 +47,12 @@ def committed(root):
         return None, []  # replaced between listing and reading
 
 
+def shard_bytes(folder, entry):
+    """{path inside the shard: bytes} of every object of one shard."""
+    base = folder / entry["path"]
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
 def files(folder, entries):
     return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
             for e in entries for p in sorted((folder / e["path"]).rglob("*")) if p.is_file()}
@@ -57,23 +65,34 @@ def teacher_path(tmp_path):
     return path
 
 
-def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_path, teacher_path, capsys):
+def test_kills_at_random_moments_then_a_rerun_give_the_bytes_of_an_uninterrupted_run(ray_cluster, tmp_path,
+                                                                                      teacher_path, capsys):
+    """Three runs killed with SIGKILL at random moments after one of their commits (inside a solve, a shard write or
+    a manifest replace), then a rerun: every record present once, no committed shard rewritten, and every shard
+    byte for byte that of a run left alone."""
+    rng = random.Random(0)
     root = tmp_path / "cache"
     cli = [sys.executable, "-m", "jobs.generate_trajectories", *arguments(root, teacher_path)]
-    proc = subprocess.Popen(cli, cwd=REPO, env=environment(ray_cluster), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not committed(root)[1]:
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    folder, entries = committed(root)
-    assert 1 <= len(entries) < RECORDS // R, "the run must be killed after a commit and before the end"
-    before = files(folder, entries)
+    before = {}
+    for _ in range(3):
+        seen = len(committed(root)[1])
+        proc = subprocess.Popen(cli, cwd=REPO, env=environment(ray_cluster), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None and len(committed(root)[1]) <= seen:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 0.5))
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        folder, entries = committed(root)
+        assert seen < len(entries) < RECORDS // R, "each run must be killed after a commit and before the end"
+        assert {p: v for p, v in files(folder, entries).items() if p in before} == before  # nothing rewritten
+        before = files(folder, entries)
 
-    assert main(arguments(root, teacher_path)) == 0
+    fast = ["--set", f"cache.batch_size={R}"]  # the batch size changes no byte
+    assert main([*arguments(root, teacher_path), *fast]) == 0
     out = capsys.readouterr().out
     assert "teacher:\n  kind: gmm" in out and out.strip().endswith(f"cache: {folder}")  # the config, then the cache
 
@@ -84,6 +103,9 @@ def test_kill_mid_run_then_rerun_finishes_without_rewriting(ray_cluster, tmp_pat
     index = np.concatenate([zarr.open_group(folder / e["path"], mode="r")["index"][:] for e in after])
     assert np.array_equal(index, np.arange(RECORDS))  # no duplicate, no gap
     assert sorted(p.name for p in (folder / "shards").iterdir()) == sorted(e["path"][7:] for e in after)
+    assert main([*arguments(tmp_path / "straight", teacher_path), *fast]) == 0
+    straight_folder, straight = committed(tmp_path / "straight")
+    assert [shard_bytes(folder, e) for e in after] == [shard_bytes(straight_folder, e) for e in straight]
 
     assert main(["verify", "--cache", str(folder)]) == 0
     assert capsys.readouterr().out.strip().endswith("OK")

@@ -7,16 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import stats
 
+import pipeline.datasets
+import pipeline.teachers
 from ctm.digits import fit_digits_teacher, load_digits_images
 from ctm.schedule import joint_nk, karras_grid, sample_n
 from ctm.solver import heun_trajectory
 from ctm.teachers import GaussianMixtureTeacher
+from pipeline import memo
 from pipeline.cache import (CacheMismatchError, CacheNotFoundError, DamagedShardError, cache_dataset,
-                            generate_cache, open_cache)
-from pipeline.cache.records import record_seed
+                            config_key_fields, generate_cache, open_cache)
+from pipeline.cache.generate import record_spec
+from pipeline.cache.manifest import cache_key
+from pipeline.cache.records import make_records, record_seed
 from pipeline.config import load_config
+from pipeline.datasets import load_dataset
 
 N, RECORDS, R = 8, 1200, 256
 
@@ -30,6 +37,28 @@ def config(root, teacher_path, *overrides):
 
 def quiet(*_):
     pass
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("decoded or built what the driver only names")
+
+
+def digits_folder(root, count):
+    """The first `count` digits as 8×8 greyscale PNGs, one subfolder per class."""
+    images, labels = load_digits_images()
+    for i in range(count):
+        path = root / str(labels[i]) / f"{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round((images[i, 0] + 1) * 127.5).astype(np.uint8)).save(path)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def digest_memo(tmp_path_factory):
+    """Digests and teacher identities are remembered in this module's own folder."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("CTM_DIGEST_CACHE", str(tmp_path_factory.mktemp("memo")))
+        yield
 
 
 def snapshot(folder):
@@ -52,6 +81,44 @@ def cache(ray_cluster, tmp_path_factory, teacher_path):
 def cache_copy(cache, tmp_path):
     shutil.copytree(cache.url, tmp_path / cache.key)
     return open_cache(tmp_path / cache.key)
+
+
+def test_the_default_key_is_the_one_before_streaming():
+    """The shipped teacher start and every existing digits cache are found by these digests."""
+    fields = config_key_fields(load_config())
+    assert fields["data"]["digest"] == "893ab8e80fa66be9d60576ef7f7d9b4ea763e06b49e2644896aee8aec43d8aca"
+    assert cache_key(fields) == "ff1a3570de3d3ec3c70a"
+
+
+def test_the_driver_names_data_and_teacher_without_decoding_or_building_them(tmp_path, teacher_path, monkeypatch):
+    cfg = config(tmp_path / "caches", teacher_path, "data.name=folder",
+                 f"data.path={digits_folder(tmp_path / 'digits', 50)}")
+    monkeypatch.setattr(pipeline.datasets.FolderImages, "_read", refuse)  # no image is decoded, the files are hashed
+    monkeypatch.setattr(pipeline.datasets, "to_float", refuse)
+    fields = config_key_fields(cfg)  # the teacher file is loaded once: this machine has not seen it yet
+    assert fields["data"]["name"] == "folder" and fields["data"]["num_images"] == 50
+    monkeypatch.setattr(memo, "_here", {})  # another process on this machine
+    monkeypatch.setattr(pipeline.teachers, "build_teacher", refuse)
+    assert config_key_fields(cfg) == fields
+    with pytest.raises(CacheNotFoundError, match="no cache for this configuration"):
+        open_cache(cfg.cache.root, cfg)
+
+
+def test_actors_read_a_folder_record_by_record_into_the_bytes_of_the_whole_array(ray_cluster, tmp_path,
+                                                                                 teacher_path):
+    folder = digits_folder(tmp_path / "digits", 120)
+    cfg = config(tmp_path / "caches", teacher_path, "data.name=folder", f"data.path={folder}",
+                 "cache.num_records=100", "cache.records_per_shard=50")
+    cache = generate_cache(cfg, log=quiet)
+    images, labels, _ = load_dataset(cfg.data)
+    with torch.no_grad():
+        expected = make_records(record_spec(cfg, cache.manifest["key_fields"]), GaussianMixtureTeacher.load(teacher_path),
+                                images, labels, range(100), batch_size=128)
+    assert expected["flip"].any()  # folders are flipped (digits never are)
+    for e in cache.shards:
+        shard = cache.read_shard(e)
+        for name, a in expected.items():
+            np.testing.assert_array_equal(shard[name], a[e["start"]:e["stop"]].astype(shard[name].dtype), name)
 
 
 def test_cache_holds_every_record_once(cache):

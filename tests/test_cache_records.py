@@ -9,12 +9,15 @@ from ctm.schedule import joint_nk, karras_grid, marginal_n, sample_n
 from ctm.solver import heun_trajectory
 from pipeline.cache.draws import draw_k, draw_n, hash_uniform
 from pipeline.cache.records import RecordSpec, draw_record, heun_from_starts, make_records, record_seed
+from pipeline.config import DataConfig
+from pipeline.datasets import load_dataset, open_dataset
 from conftest import make_gmm
 
 
 def spec(mode="data", N=8, K=7, dtype="float16", **kw):
     grid = tuple(karras_grid(N).tolist())
-    return RecordSpec(seed=3, grid=grid, K=K, mode=mode, image_shape=(1, 2, 2), hflip=kw.get("hflip", True),
+    return RecordSpec(seed=3, grid=grid, K=K, mode=mode, image_shape=kw.get("image_shape", (1, 2, 2)),
+                      hflip=kw.get("hflip", True),
                       conditional=kw.get("conditional", False), label_dim=kw.get("label_dim", 0), dtype=dtype,
                       compute_dtype="float64")
 
@@ -89,6 +92,23 @@ def test_record_start_state_is_x0_plus_t_n_z():
         expected = (torch.from_numpy(x0.copy()).double() + s.grid[n] * z.double()).float().numpy()
         np.testing.assert_array_equal(rec["states"][i, n], expected)
         assert np.isnan(rec["states"][i, :n]).all() and np.isfinite(rec["states"][i, n:]).all()
+
+
+def test_records_read_from_an_image_source_are_those_of_the_whole_float_array(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTM_DIGEST_CACHE", str(tmp_path / "memo"))
+    teacher = make_gmm(12, seed=3)
+    teacher.image_shape = (3, 2, 2)
+    np.savez(tmp_path / "x.npz", images=np.random.default_rng(4).integers(0, 256, (40, 3, 2, 2), dtype=np.uint8),
+             labels=np.arange(40) % 3)
+    data = DataConfig(name="imagenet64", path=str(tmp_path / "x.npz"), max_images=25)
+    images, labels, _ = load_dataset(data)
+    source = open_dataset(data)
+    s = spec(image_shape=(3, 2, 2))
+    whole = make_records(s, teacher, images, labels, range(10, 50), batch_size=16)
+    read = make_records(s, teacher, source, source.labels, range(10, 50), batch_size=16)
+    assert whole["flip"].any() and len(set(whole["data_index"].tolist())) < 40  # flips and repeated images
+    for name in whole:
+        assert whole[name].dtype == read[name].dtype and np.array_equal(whole[name], read[name], equal_nan=True), name
 
 
 def test_hash_uniform_is_uniform_and_keyed_by_seed_epoch_and_stream():

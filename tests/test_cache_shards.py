@@ -9,7 +9,7 @@ import zarr
 from conftest import make_gmm
 from ctm.schedule import karras_grid
 from pipeline.cache.cache import leftovers, remove_leftovers
-from pipeline.cache.errors import DamagedShardError
+from pipeline.cache.errors import DamagedShardError, NonFiniteStatesError
 from pipeline.cache.records import RecordSpec, make_records
 from pipeline.cache.shardcodec import EMPTY, encode_shard
 from pipeline.cache.shards import CHECKSUMS, ShardReader, shard_problems, write_shard
@@ -161,6 +161,21 @@ def test_a_missing_or_cut_object_is_refused_before_reading(shard, damage):
     assert any(p.startswith(problem) for p in shard_problems(store, entry))
     with pytest.raises(DamagedShardError, match=problem):
         ShardReader(store, entry)
+
+
+def test_the_writer_refuses_non_finite_states_before_writing_anything(tmp_path, records):
+    store = CacheStore(tmp_path / "cache")
+    n = records["start"][3]
+    bad = {**records, "states": records["states"].copy()}
+    bad["states"][3, n + 1, 0, 2, 2] = np.inf
+    bad["states"][5, records["start"][5], 0, 0, 0] = np.nan
+    with pytest.raises(NonFiniteStatesError, match=rf"^record 13 holds NaN or Inf in its state {n + 1} on the grid "
+                                                   rf"\(the teacher's Heun solve from n = {n}\).*Nothing of shard 1 "
+                                                   rf"\(records 10..21\) was written$"):
+        write_shard(store, 1, 10, 22, bad, key="k")
+    assert store.listdir() == []
+    assert np.isnan(records["states"][3, :n]).all()
+    write_shard(store, 1, 10, 22, records, key="k")  # NaN before n is the fill, not a non-finite state
 
 
 def test_a_tampered_checksum_list_is_refused(shard):

@@ -9,7 +9,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.datasets import check_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
-PAPER = {  # ref. ctm-method.md §0, §3 and "Numbers to anchor on"
+PAPER = {  # docs/method.md §0, §3
     "cifar10_uncond.yaml": dict(N=18, K=17, batch=384, micro=16, target_ema=0.999, labels=False, gan_start=None,
                                 teacher="edm-cifar10-32x32-uncond-vp.pkl", kind="edm", data="cifar10"),
     "cifar10_uncond_gan.yaml": dict(N=18, K=17, batch=528, micro=11, target_ema=0.9999, labels=False, gan_start=0,
@@ -98,3 +98,72 @@ def test_a_typo_in_a_config_is_refused(tmp_path):
     (tmp_path / "typo.yaml").write_text(text)
     with pytest.raises(ConfigError, match="train.lrr"):
         load_config(tmp_path / "typo.yaml")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("grid.sigma_max=.inf", "grid.sigma_max"), ("grid.rho=0", "grid.rho"), ("grid.rho=-7", "grid.rho"),
+    ("grid.sigma_min=-0.002", "grid.sigma_min"), ("grid.sigma_min=.nan", "grid.sigma_min"),
+    ("train.batch_size=-64", "train.batch_size"), ("train.batch_size=0", "train.batch_size"),
+    ("train.micro_batch=-8", "train.micro_batch"), ("train.lr=.inf", "train.lr"), ("train.lr_d=.nan", "train.lr_d"),
+    ("train.lambda_dsm=-1", "train.lambda_dsm"), ("train.lambda_gan=.inf", "train.lambda_gan"),
+    ("train.betas_d=[0.5, 1.0]", "train.betas_d"), ("train.betas_d=[0.9]", "train.betas_d"),
+    ("train.ema_rates=[0.999, .nan]", "train.ema_rates"), ("train.gpus_per_worker=1.5", "train.gpus_per_worker"),
+    ("train.seed=-1", "train.seed"), ("cache.num_records=-5", "cache.num_records"),
+    ("cache.cpus_per_actor=.inf", "cache.cpus_per_actor"), ("eval.nfe=[1, two]", "eval.nfe"),
+    ("eval.gammas=[0.0, .nan]", "eval.gammas"), ("eval.num_samples=1", "eval.num_samples"),
+    ("eval.two_step=[[a, 1]]", "eval.two_step"), ("sweep.gamma=.inf", "sweep.gamma"),
+    ("sweep.cpus_per_trial=.inf", "sweep.cpus_per_trial"), ("student.init_lr=.inf", "student.init_lr"),
+    ("teacher.components=0", "teacher.components"),
+])
+def test_impossible_numbers_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(CONFIGS / "digits.yaml", [override])
+
+
+def test_finite_values_at_the_edges_of_their_ranges_pass():
+    cfg = load_config(CONFIGS / "digits.yaml", ["train.lambda_dsm=0", "train.lambda_gan=0", "train.betas_d=[0, 0.99]",
+                                                "train.gpus_per_worker=2", "eval.gammas=[0, 1]", "grid.rho=0.5"])
+    assert (cfg.train.lambda_dsm, cfg.train.betas_d, cfg.grid.rho) == (0.0, (0, 0.99), 0.5)
+
+
+def test_the_mixture_teacher_has_no_network_for_a_teacher_architecture_student():
+    with pytest.raises(ConfigError, match=r"'student.architecture' and 'teacher.kind'.*student.architecture=tiny.*"
+                                          r"--config jobs/configs/digits.yaml"):
+        load_config(overrides=["student.architecture=teacher"])
+    assert load_config().student.architecture == "tiny"  # unset: the mixture's student is the tiny DDPM++ ...
+    edm = ["teacher.kind=edm", "teacher.path=weights/edm.pkl"]
+    assert load_config(overrides=edm).student.architecture == "teacher"  # ... a network teacher's is its own network
+    assert load_config(overrides=[*edm, "student.architecture=tiny"]).student.architecture == "tiny"
+
+
+def test_broken_yaml_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  lr: 4.0e-4\n  steps: [100,\ngrid:\n  N: 18\n")
+    with pytest.raises(ConfigError, match=rf"config file {path} is not valid YAML at line 5, column 4: expected ','"):
+        load_config(path)
+    path.write_text("train:\n  lr: 1e-4\n    steps: 10\n")
+    with pytest.raises(ConfigError, match=rf"{path} is not valid YAML at line 3, column 10: mapping values"):
+        load_config(path)
+
+
+def test_an_override_that_is_not_yaml_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'eval.nfe=\[1, 2': the value is not valid YAML"):
+        load_config(overrides=["eval.nfe=[1, 2"])
+    with pytest.raises(ConfigError, match="config key 'train.run_name' must be str, got datetime.date"):
+        load_config(overrides=["train.run_name=2024-01-01"])  # YAML reads a date; refused, not a TypeError
+
+
+def test_renamed_keys_are_refused_naming_the_new_key_but_stored_configs_still_load(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("eval:\n  sweep_nfe: [1, 2]\n  sweep_two_step: [[9, 5]]\n")
+    with pytest.raises(ConfigError, match=rf"'eval.sweep_nfe' is now 'eval.schedule_nfe', config key "
+                                          rf"'eval.sweep_two_step' is now 'eval.schedule_two_step'; rename them in "
+                                          rf"the config file {path}"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="'eval.sweep_gammas' is now 'eval.schedule_gammas'; rename it in --set"):
+        load_config(overrides=["eval.sweep_gammas=[0, 1]"])
+    stored = load_config().to_dict()  # a checkpoint written before the rename stores the old keys
+    del stored["eval"]["schedule_nfe"]
+    stored["eval"]["sweep_nfe"] = [1, 3]
+    assert load_config(base=stored).eval.schedule_nfe == (1, 3) and "sweep_nfe" in stored["eval"]
+    assert load_config(overrides=["eval.schedule_nfe=[2]"]).eval.schedule_nfe == (2,)

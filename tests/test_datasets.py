@@ -1,4 +1,6 @@
+import hashlib
 import io
+import json
 import pickle
 import struct
 import tarfile
@@ -8,10 +10,28 @@ import pytest
 import torch
 from PIL import Image
 
+import pipeline.datasets
 from ctm.digits import load_digits_images
+from pipeline import memo
 from pipeline.config import DataConfig
-from pipeline.datasets import (DatasetError, RefusedPickleError, apply_flips, augment, center_crop_arr,
-                               check_dataset, content_digest, flip_mask, load_dataset)
+from pipeline.datasets import (ArraySource, DatasetError, FolderImages, NpzRows, RefusedPickleError, apply_flips,
+                               augment, center_crop_arr, check_dataset, content_digest, dataset_identity, flip_mask,
+                               load_dataset, open_dataset)
+
+DIGITS_DIGEST = "893ab8e80fa66be9d60576ef7f7d9b4ea763e06b49e2644896aee8aec43d8aca"  # before streaming: keys stay
+DIGITS_100_DIGEST = "ab2407f694156f44b82f7ba36caab0e5ab7525fbcb922db8f966926a87a2695a"
+
+
+@pytest.fixture(autouse=True)
+def digest_memo(tmp_path, monkeypatch):
+    """Each test remembers digests in its own folder, starting with nothing remembered in this process."""
+    monkeypatch.setenv("CTM_DIGEST_CACHE", str(tmp_path / "memo"))
+    monkeypatch.setattr(memo, "_here", {})
+    return tmp_path / "memo"
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("read what should not be read")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -169,13 +189,21 @@ def test_imagenet64_npz_layouts_and_folder_agree(tmp_path):
     np.savez(tmp_path / "batch.npz", data=nhwc.transpose(0, 3, 1, 2).reshape(6, -1), labels=labels + 1)
     for i, (arr, label) in enumerate(zip(nhwc, labels)):
         save_png(tmp_path / "folder" / f"n0{label}" / f"{i}.png", arr)
-    results = [load_dataset(DataConfig(name="imagenet64", path=str(tmp_path / p), use_labels=True))
-               for p in ("nhwc.npz", "nchw.npz", "batch.npz", "folder")]
+    np.savez_compressed(tmp_path / "compressed.npz", images=nhwc, labels=labels)
+    for i, (arr, label) in enumerate(zip(nhwc, labels)):
+        save_png(tmp_path / "folder" / f"n0{label}" / f"{i}.png", arr)
+    paths = ("nhwc.npz", "nchw.npz", "batch.npz", "compressed.npz", "folder")
+    results = [load_dataset(DataConfig(name="imagenet64", path=str(tmp_path / p), use_labels=True)) for p in paths]
     images, got_labels, identity = results[0]
     np.testing.assert_array_equal(images, nhwc.transpose(0, 3, 1, 2) / np.float32(127.5) - 1)
     assert got_labels.tolist() == labels.tolist()
-    assert all(r[2] == identity for r in results)
+    assert all(np.array_equal(r[0], images) and np.array_equal(r[1], labels) for r in results)
+    assert all(r[2] == identity for r in results[:4])  # the pixels' digest, as before streaming
+    assert identity["digest"] == content_digest(images, labels)
+    assert results[4][2] == {**identity, "digest": results[4][2]["digest"]} != identity  # a folder: its files' digest
     assert identity["image_shape"] == [3, 64, 64] and identity["num_classes"] == 3
+    kinds = [type(open_dataset(DataConfig(name="imagenet64", path=str(tmp_path / p)))) for p in paths]
+    assert kinds == [NpzRows, NpzRows, NpzRows, ArraySource, FolderImages]  # compressed: held whole, as uint8
 
 
 def test_imagenet64_folder_uses_adm_resize(tmp_path):
@@ -251,6 +279,107 @@ def test_folder_errors(tmp_path):
         load_dataset(DataConfig(name="folder", path=str(tmp_path / "mixed" / "a.png")))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset(DataConfig(name="folder", path=str(tmp_path / "nowhere")))
+
+
+@pytest.mark.parametrize("damage", ["not an image", "truncated"])
+@pytest.mark.parametrize("name", ["folder", "imagenet64"])
+def test_an_unreadable_image_is_named_with_the_key_that_points_there(tmp_path, damage, name):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        save_png(tmp_path / "f" / f"{i}.png", rng.integers(0, 256, (64, 64, 3), np.uint8))
+    bad = tmp_path / "f" / "1.png"
+    whole = bad.read_bytes()
+    bad.write_bytes(b"just text, saved as .png" if damage == "not an image" else whole[:len(whole) // 2])
+    with pytest.raises(DatasetError) as e:
+        load_dataset(DataConfig(name=name, path=str(tmp_path / "f")))
+    assert str(e.value).startswith(f"data.path: {bad} is not a readable image (") and "object at 0x" not in str(e.value)
+    if damage == "not an image":  # the first image is opened by the dry run's check as well
+        (tmp_path / "f" / "0.png").write_bytes(bad.read_bytes())
+        with pytest.raises(DatasetError, match=f"data.path: {tmp_path / 'f' / '0.png'} is not a readable image"):
+            check_dataset(DataConfig(name=name, path=str(tmp_path / "f")))
+
+
+def test_a_garbage_imagenet64_npz_is_a_dataset_error(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(DatasetError, match=f"data.path: {tmp_path / 'bad.npz'} is not a readable .npz"):
+        load_dataset(DataConfig(name="imagenet64", path=str(tmp_path / "bad.npz")))
+
+
+def test_a_source_reads_only_the_images_asked_for_in_the_order_asked(tmp_path):
+    rng = np.random.default_rng(2)
+    nhwc = rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "x.npz", images=nhwc)
+    for i, arr in enumerate(nhwc):
+        save_png(tmp_path / "f" / f"{i:02d}.png", arr)
+    for cfg in (DataConfig(name="imagenet64", path=str(tmp_path / "x.npz"), max_images=20),
+                DataConfig(name="folder", path=str(tmp_path / "f"), max_images=20)):
+        images, labels, _ = load_dataset(cfg)
+        source = open_dataset(cfg)
+        read = []
+        original = type(source)._read
+        source._read = lambda unique: read.append(unique.tolist()) or original(source, unique)
+        order = [7, 2, 7, 19, 0]
+        got = source[order]
+        assert got.dtype == np.float32 and np.array_equal(got, images[order]) and np.array_equal(source[5], images[5])
+        assert read == [[0, 2, 7, 19], [5]] and len(source) == 20 and labels.tolist() == [-1] * 20
+        with pytest.raises(IndexError, match="outside 0..19"):
+            source[[20]]
+
+
+def test_npz_digest_reads_a_chunk_at_a_time_and_equals_the_digest_before_streaming(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "x.npz", images=rng.integers(0, 256, (23, 3, 4, 4), dtype=np.uint8), labels=np.arange(23) % 5)
+    cfg = DataConfig(name="imagenet64", path=str(tmp_path / "x.npz"))
+    monkeypatch.setattr(pipeline.datasets, "DIGEST_CHUNK", 5 * 4 * 3 * 4 * 4)  # five float32 images
+    rows = []
+    original = NpzRows._read
+    monkeypatch.setattr(NpzRows, "_read", lambda self, unique: rows.append(len(unique)) or original(self, unique))
+    identity = dataset_identity(cfg)
+    assert rows == [5, 5, 5, 5, 3]
+    images, labels, again = load_dataset(cfg)
+    assert identity == again and identity["digest"] == content_digest(images, labels)
+
+
+def test_a_folder_is_named_by_its_files_never_decoded_and_remembered_by_their_stamps(tmp_path, monkeypatch,
+                                                                                     digest_memo):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    for name, arr in (("b/1.png", grey), ("a/2.png", 255 - grey), ("a/1.png", grey // 2)):
+        save_png(tmp_path / "f" / name, arr)
+    cfg = DataConfig(name="folder", path=str(tmp_path / "f"))
+    monkeypatch.setattr(FolderImages, "_read", refuse)
+    identity = dataset_identity(cfg)
+    files = [tmp_path / "f" / n for n in ("a/1.png", "a/2.png", "b/1.png")]  # sorted; class a = 0, b = 1
+    h = hashlib.sha256(json.dumps({"digest": "image files", "num_images": 3, "num_classes": 2,
+                                   "image_shape": [1, 8, 8]}).encode())
+    for f in files:
+        h.update(len(f.read_bytes()).to_bytes(8, "little") + f.read_bytes())
+    h.update(np.array([0, 0, 1], np.int64).tobytes())
+    assert identity == {"name": "folder", "num_images": 3, "image_shape": [1, 8, 8], "num_classes": 2,
+                        "digest": h.hexdigest()}
+    assert len(list(digest_memo.glob("*.json"))) == 1
+    monkeypatch.setattr(memo, "_here", {})  # a new process on this machine: the stamp finds the digest on disk
+    with monkeypatch.context() as m:
+        m.setattr(type(open_dataset(cfg).fs), "cat_file", refuse)
+        assert dataset_identity(cfg) == identity
+    save_png(files[0], grey // 3)  # changed in place: new size or modification time, so a new digest
+    assert dataset_identity(cfg)["digest"] != identity["digest"]
+
+
+def test_fingerprints_compare_listings_cheaply(tmp_path):
+    for i in range(3):
+        save_png(tmp_path / "f" / f"{i}.png", np.full((4, 4), i, np.uint8))
+    cfg = DataConfig(name="folder", path=str(tmp_path / "f"))
+    before = open_dataset(cfg).fingerprint()
+    assert open_dataset(cfg).fingerprint() == before
+    save_png(tmp_path / "f" / "3.png", np.zeros((4, 4), np.uint8))
+    assert open_dataset(cfg).fingerprint() != before
+    assert open_dataset(DataConfig()).fingerprint() == DIGITS_DIGEST  # data held in memory: its digest
+
+
+def test_the_digits_digest_is_the_one_before_streaming():
+    assert dataset_identity(DataConfig())["digest"] == DIGITS_DIGEST
+    assert dataset_identity(DataConfig(max_images=100))["digest"] == DIGITS_100_DIGEST
+    assert load_dataset(DataConfig())[2]["digest"] == DIGITS_DIGEST
 
 
 def test_digits_and_check_dataset(tmp_path, cifar_archive):

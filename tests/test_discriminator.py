@@ -147,6 +147,7 @@ def test_diffaug_only_in_training_and_once_per_backbone(monkeypatch):
     assert calls == ["cutout", "cutout"]
 
 
+@pytest.mark.slow  # builds the paper-size backbones
 def test_efficientnet_from_local_weights(effnet_file):
     D = build_discriminator("efficientnet_b0", weights_paths={"efficientnet_b0": effnet_file}).eval()
     x = torch.rand(2, 3, 16, 16) * 2 - 1
@@ -164,6 +165,7 @@ def test_efficientnet_from_local_weights(effnet_file):
     assert torch.allclose(net(gray)[0], net(gray.expand(-1, 3, -1, -1))[0])
 
 
+@pytest.mark.slow  # builds the paper-size backbones
 def test_official_pair_of_backbones_has_eight_heads(effnet_file):
     path = effnet_file.parent / VIT_FILE
     torch.manual_seed(0)
@@ -196,6 +198,7 @@ def test_weight_file_errors(effnet_file, tmp_path):
         build_discriminator("tiny+deit")
 
 
+@pytest.mark.slow  # builds the paper-size backbones
 def test_official_timm_pair_reads_the_official_stages(timm_files, official_D):
     nets, D = timm_files[0], official_D
     assert sum(len(h) for h in D.heads) == 8 and not any(p.requires_grad for p in D.feature_networks.parameters())
@@ -244,6 +247,7 @@ OFFICIAL_HEAD_PARAMS = [
 ]
 
 
+@pytest.mark.slow  # builds the paper-size backbones
 def test_official_pair_heads_see_the_official_maps(official_D):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert head_inputs(official_D.eval(), x) == OFFICIAL_HEAD_INPUTS * 2

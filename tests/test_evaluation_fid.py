@@ -65,5 +65,5 @@ def test_digits_features_tell_a_good_mixture_from_a_bad_one(tmp_path):
     for k in (1, 10):
         x = fit_digits_teacher(k).sample(600, torch.Generator().manual_seed(0))
         scores[k] = fid(cleanfid_features(image_batches(x, 200), 600, fs, 200), reference)
-    assert scores[1] > 2.5 * scores[10]  # DESIGN.md: 4.09 vs 0.72 at 1,800 samples; 2.75 vs 0.93 at these 600
+    assert scores[1] > 2.5 * scores[10]  # docs/method.md: 4.09 vs 0.72 at 1,800 samples; 2.75 vs 0.93 at these 600
     assert scores[10] > reference.real_vs_real["fd"] * 0.5

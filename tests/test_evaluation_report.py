@@ -5,7 +5,7 @@ import torch
 
 from benchmarks.eval_speed import main as eval_speed
 from pipeline.config import load_config
-from pipeline.evaluation.gamma_sweep import best_per_nfe, write_sweep_report
+from pipeline.evaluation.schedule_sweep import best_per_nfe, write_schedule_sweep_report
 from pipeline.evaluation.report import fid_table, write_report
 from pipeline.evaluation.settings import Setting
 
@@ -42,10 +42,10 @@ def test_reports_say_what_was_measured(tmp_path):
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["results"][0]["setting"]["t_steps"] == [80.0, 0.002] and "preview" not in document["results"][0]
     two_models = RESULTS + [result(Setting(1, 0.0), 1.0, checkpoint="run/other")]
-    write_sweep_report(two_models, tmp_path / "sweep")
-    sweep = (tmp_path / "sweep" / "sweep.md").read_text()
+    write_schedule_sweep_report(two_models, tmp_path / "schedule_sweep")
+    sweep = (tmp_path / "schedule_sweep" / "schedule_sweep.md").read_text()
     assert sweep.count("Best setting per NFE") == 2 and "- NFE 2: 2-step i1=9 i2=5, FID 2.5" in sweep
-    assert len(list((tmp_path / "sweep").glob("sweep_*.png"))) == 2
+    assert len(list((tmp_path / "schedule_sweep").glob("schedule_sweep_*.png"))) == 2
 
 
 def test_eval_speed_benchmark_runs(capsys):

@@ -18,7 +18,7 @@ def run(tmp_path, *extra):
     return main(argv + list(extra))
 
 
-def test_quickstart_runs_every_stage_and_reuses_the_cache(ray_cluster, tmp_path, capsys):
+def test_quickstart_runs_every_stage_and_reuses_the_cache_and_the_results(ray_cluster, tmp_path, capsys):
     assert run(tmp_path) == 0
     report = tmp_path / "report"
     results = json.loads((report / "results.json").read_text())
@@ -28,9 +28,12 @@ def test_quickstart_runs_every_stage_and_reuses_the_cache(ray_cluster, tmp_path,
     shards = sorted((manifest.parent / "shards").iterdir())
     stamps = [(p.name, p.stat().st_mtime_ns) for p in shards]
     capsys.readouterr()
-    assert run(tmp_path) == 0  # second run: the cache is reused, training is already finished
+    assert run(tmp_path) == 0  # second run: the cache is reused, training is already finished, the results reused
     assert [(p.name, p.stat().st_mtime_ns) for p in sorted((manifest.parent / "shards").iterdir())] == stamps
-    assert "report:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    scored = len(results["results"]) + 1  # every setting and the teacher
+    assert "report:" in out and f"reused {scored} results from {report / 'scored.npz'}" in out
+    assert "scoring" not in out and json.loads((report / "results.json").read_text())["results"] == results["results"]
 
 
 def test_dry_run_checks_paths_without_running(tmp_path, capsys):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ctm.sampling import gamma_sample, gamma_steps, jump_sample, two_step_sample
+from ctm.sampling import gamma_landings, gamma_sample, gamma_sample_at, gamma_steps, jump_sample, two_step_sample
 from ctm.schedule import karras_grid
 
 
@@ -50,3 +50,30 @@ def test_gamma_zero_lands_exactly_on_the_next_time():
     for nfe in range(1, 40):
         t, s = gamma_steps(nfe, 0.0)
         assert all(s_n <= t_n for s_n, t_n in zip(s, t[1:])) and s[:-1] == t[1:-1]
+
+
+@pytest.mark.parametrize("nfe, gamma", [(1, 0.0), (2, 0.0), (2, 0.3), (3, 0.7), (4, 1.0)])
+def test_gamma_sample_at_the_default_times_is_gamma_sample(gmm2d, nfe, gamma):
+    G = lambda x, t, s, y=None: gmm2d.flow_map(x, t, s)
+    latents = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t_steps, s_steps = gamma_steps(nfe, gamma)
+    assert gamma_landings(t_steps, gamma) == s_steps
+    expected = gamma_sample(G, latents, nfe, gamma, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(gamma_sample_at(G, latents, t_steps, gamma, generator=torch.Generator().manual_seed(3)),
+                               expected, atol=0, rtol=0)
+
+
+def test_gamma_sample_at_explicit_times_jumps_as_the_law_says():
+    calls = []
+
+    def G(x, t, s, y=None):
+        calls.append((t, s))
+        return x
+
+    gamma_sample_at(G, torch.zeros(2, 3), [80.0, 1.0, 0.1, 0.002], 0.6, generator=torch.Generator().manual_seed(0))
+    assert [t for t, _ in calls] == [80.0, 1.0, 0.1] and calls[-1][1] == 0.002
+    assert math.isclose(calls[0][1], 0.8 * (1.0 - 0.002) + 0.002) and math.isclose(calls[1][1], 0.8 * 0.098 + 0.002)
+    with pytest.raises(ValueError, match="non-increasing"):
+        gamma_landings([80.0, 0.1, 1.0, 0.002], 0.0)
+    with pytest.raises(ValueError, match="gamma"):
+        gamma_landings([80.0, 0.002], 1.5)

@@ -7,11 +7,13 @@ from ctm.solver import edm_sampler, heun_step, heun_trajectory
 
 
 def reference_solve(teacher, x, t_from, t_to):
-    """A fine adaptive solve of dx/dt = (x − D(x, t))/t."""
-    def rhs(t, y):
+    """A fine adaptive solve of dx/dt = (x − D(x, t))/t in log time τ = ln t, dx/dτ = x − D(x, e^τ): smooth down
+    to σ_min, so it takes fewer steps than in t; it agrees with a 1e-12 solve in t to 1e-10 (Heun's errors: ≥ 4e-4)."""
+    def rhs(tau, y):
         y = torch.from_numpy(y).reshape(x.shape)
-        return ((y - teacher.denoise(y, t)) / t).flatten().numpy()
-    sol = solve_ivp(rhs, (t_from, t_to), x.flatten().numpy(), rtol=1e-12, atol=1e-12, method="DOP853")
+        return (y - teacher.denoise(y, float(np.exp(tau)))).flatten().numpy()
+    sol = solve_ivp(rhs, (np.log(t_from), np.log(t_to)), x.flatten().numpy(), rtol=1e-10, atol=1e-10,
+                    method="DOP853")
     return torch.from_numpy(sol.y[:, -1]).reshape(x.shape)
 
 

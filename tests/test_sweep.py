@@ -13,7 +13,7 @@ from ray import tune
 
 from jobs.sweep import main as sweep_main
 from pipeline.checkpoint import load_student
-from pipeline.config import ConfigError, load_config
+from pipeline.config import EMBEDDED_DEFAULT, ConfigError, load_config
 from pipeline.evaluation import EvaluatorPool
 from pipeline.sweep import check_search_space, milestones, param_space, run_sweep, trial_config
 from pipeline.sweep.space import num_trials
@@ -165,6 +165,7 @@ def test_restore_refuses_another_config_and_a_missing_sweep(sweep, tmp_path, cap
     exp = sweep["exp"]
     with pytest.raises(ConfigError, match="train.lr differ"):
         run_sweep(load_config(exp / "config.yaml", ["train.lr=1e-3"]), restore=True)
-    assert sweep_main(["--restore", "--set", f"sweep.storage_path={tmp_path}",
-                       "--set", "sweep.search_space={train.lr: {choice: [1e-4]}}"]) == 2
+    assert sweep_main(["--restore", "--config", str(EMBEDDED_DEFAULT), "--set", f"sweep.storage_path={tmp_path}",
+                       "--set", f"cache.root={tmp_path / 'cache'}", "--set",
+                       "sweep.search_space={train.lr: {choice: [1e-4]}}"]) == 2
     assert "nothing to restore" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import torch
 
 from ctm.networks import EDMPrecond
 from ctm.student import CTMPrecond, is_s_path_key, student_from_teacher
-from ctm.teachers import ADM_PRESETS, EDMTeacher, load_adm
+from ctm.teachers import ADM_PRESETS, EDMTeacher, TeacherError, load_adm
 from ctm.teachers.edm import RefusedPickleError
 from pipeline.config import ConfigError, load_config
 from pipeline.teachers import build_teacher, teacher_identity
@@ -116,6 +116,18 @@ def test_something_else_than_a_state_dict_is_named(tmp_path, data, message):
         load_adm(path)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_a_state_dict_with_nan_or_inf_is_refused_naming_the_tensor(tiny_pt, tmp_path, value):
+    path, _ = tiny_pt
+    state = torch.load(path, weights_only=True)
+    key = sorted(state)[-1]
+    state[key].view(-1)[0] = value
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(TeacherError, match=rf"{tmp_path / 'nan.pt'}: tensor '{key}' holds 1 of {state[key].numel()} "
+                                           "values that are NaN or Inf"):
+        load_tiny(tmp_path / "nan.pt")
+
+
 def test_missing_and_unexpected_keys_are_named(tiny_pt, tmp_path):
     path, (state, *_) = tiny_pt
     state = teacher_state(state)
@@ -218,6 +230,9 @@ def test_imagenet64_config_builds_the_adm_teacher_and_its_student(tiny_pt, monke
 
 def test_pipeline_errors_name_the_key(tiny_pt, tmp_path):
     path, _ = tiny_pt
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(os.getcwd, protocol=2))
+    with pytest.raises(RefusedPickleError, match=rf"^teacher.path: {tmp_path / 'evil.pt'}: refused by torch.load"):
+        build_teacher(load_config(IMAGENET64, [f"teacher.path={tmp_path / 'evil.pt'}"]))
     with pytest.raises(ConfigError, match=r"'teacher.key'.*preset, one of \['imagenet64'\]; got 'ema'"):
         build_teacher(load_config(IMAGENET64, [f"teacher.path={path}", "teacher.key=ema"]))
     with pytest.raises(FileNotFoundError, match="teacher.path: no ADM state dict at .*edm_imagenet64_ema.pt"):

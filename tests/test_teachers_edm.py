@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ctm.networks import build_edm_network
+from ctm.teachers import TeacherError
 from ctm.teachers.edm import RefusedPickleError, TorchModuleDict, load_edm, read_edm_pickle, weights_digest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "edm"
@@ -232,6 +233,35 @@ def test_constructor_arguments_the_network_does_not_take_are_named(tmp_path):
     path = write_edm_pickle(tmp_path / "net.pkl", {"ema": net}, kwargs)
     with pytest.raises(ValueError, match="not supported by build_edm_network.*not_an_edm_argument"):
         load_edm(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_network_with_nan_or_inf_is_refused_naming_the_tensor(tmp_path, value):
+    net, _ = tiny_network("ddpmpp_tiny_uncond")
+    name, param = next(iter(net.named_parameters()))
+    with torch.no_grad():
+        param.view(-1)[3] = value
+    path = write_edm_pickle(tmp_path / "net.pkl", snapshot(net), TINY["ddpmpp_tiny_uncond"]["constructor_kwargs"])
+    with pytest.raises(TeacherError, match=rf"{path} \(entry 'ema'\): tensor '{name}' holds 1 of {param.numel()} "
+                                           "values that are NaN or Inf"):
+        load_edm(path)
+
+
+def test_weights_that_do_not_fit_the_recorded_network_are_a_teacher_error(tmp_path):
+    net, _ = tiny_network("ddpmpp_tiny_uncond")
+    kwargs = dict(TINY["ddpmpp_tiny_uncond"]["constructor_kwargs"])
+    kwargs["model_channels"] *= 2
+    path = write_edm_pickle(tmp_path / "net.pkl", {"ema": net}, kwargs)
+    with pytest.raises(TeacherError, match=rf"{path}: the weights of entry 'ema' do not fit the network .*mismatch"):
+        load_edm(path)
+
+
+def test_a_refused_pickle_is_a_teacher_error_that_the_stages_report_as_bad_input(tmp_path):
+    payload, _ = payloads(tmp_path / "ran")[0]
+    path = write_edm_pickle(tmp_path / "evil.pkl", {"ema": payload})
+    with pytest.raises(TeacherError) as e:
+        load_edm(path)
+    assert isinstance(e.value, RefusedPickleError) and isinstance(e.value, (ValueError, pickle.UnpicklingError))
 
 
 # ---- weights digest -----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ctm.digits import fit_digits_teacher, load_digits_images
+from ctm.teachers import TeacherError
 from ctm.teachers.gmm import GaussianMixtureTeacher
 from conftest import make_gmm
 
@@ -73,6 +74,54 @@ def test_save_load_roundtrip_and_bad_files(tmp_path):
         GaussianMixtureTeacher.load(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="image"):
         loaded.denoise(torch.randn(2, 5), 1.0)
+
+
+def saved(tmp_path, **replace):
+    """A small mixture's .npz with some of its arrays replaced."""
+    teacher = make_gmm(4, K=2, seed=1)
+    arrays = {"weights": teacher.weights.numpy(), "means": teacher.means.numpy(),
+              "covariances": teacher.covariances.numpy(), "image_shape": np.array([1, 2, 2]), **replace}
+    np.savez(tmp_path / "teacher.npz", **{k: v for k, v in arrays.items() if v is not None})
+    return tmp_path / "teacher.npz", teacher
+
+
+@pytest.mark.parametrize("name", ["weights", "means", "covariances"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_mixture_with_nan_or_inf_is_refused_naming_the_file_and_the_array(tmp_path, name, value):
+    path, teacher = saved(tmp_path)
+    array = getattr(teacher, name).numpy().copy()
+    array.flat[1] = value
+    path, _ = saved(tmp_path, **{name: array})
+    with pytest.raises(TeacherError, match=rf"{path}: array '{name}' holds 1 of {array.size} values that are NaN"):
+        GaussianMixtureTeacher.load(path)
+
+
+def test_an_npz_without_an_array_names_the_missing_array(tmp_path):
+    path, _ = saved(tmp_path, covariances=None)
+    with pytest.raises(TeacherError) as e:
+        GaussianMixtureTeacher.load(path)
+    assert str(e.value) == (f"{path} is not a Gaussian-mixture teacher: it lacks the array 'covariances' (it holds "
+                            "['image_shape', 'means', 'weights']); expected weights, means, covariances, image_shape")
+
+
+@pytest.mark.parametrize("content", ["zip header", "truncated", "npy header"])
+def test_a_garbage_npz_is_one_clean_error_naming_the_file(tmp_path, content):
+    whole = saved(tmp_path)[0].read_bytes()
+    path = tmp_path / "garbage.npz"
+    path.write_bytes({"zip header": b"PK\x03\x04" + bytes(60), "truncated": whole[:len(whole) // 2],
+                      "npy header": b"\x93NUMPY garbage"}[content])
+    with pytest.raises(TeacherError, match=rf"{path} is not a readable .npz file \(\w+: .*\); expected a Gaussian"):
+        GaussianMixtureTeacher.load(path)
+
+
+def test_a_damaged_array_inside_the_npz_is_named(tmp_path):
+    path, _ = saved(tmp_path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"covariances.npy") + 200  # inside that member's data: its CRC no longer matches
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(TeacherError, match=rf"{path}: the array 'covariances' cannot be read .*damaged"):
+        GaussianMixtureTeacher.load(path)
 
 
 def test_digits_teacher():

@@ -11,7 +11,7 @@ import torch
 from ctm.digits import fit_digits_teacher
 from ctm.schedule import karras_grid
 from pipeline.cache import CacheMismatchError, DamagedShardError, cache_dataset, generate_cache, open_cache
-from pipeline.checkpoint import load_checkpoint, load_student
+from pipeline.checkpoint import load_student
 from pipeline.config import load_config
 from pipeline.teachers import build_teacher
 from pipeline.train import preflight, run_training
@@ -77,26 +77,6 @@ def test_cached_run_on_ray_train(caches, tmp_path):
     assert run_cfg.train.teacher_mode == "cached" and not G.training
     with torch.no_grad():
         assert G(torch.randn(2, 1, 8, 8), 80.0, 0.002).shape == (2, 1, 8, 8)
-
-
-def test_a_cached_run_resumed_after_a_failure_ends_where_an_uninterrupted_run_ends(caches, tmp_path):
-    """The worker dies at step 5 and Ray Train restarts it from checkpoint 4: the stream starts at the epoch that
-    checkpoint's data.json names and the worker skips the rows it had pulled, so the run takes the same batches (one k
-    per step, several cache epochs) and ends with the weights and data position of an uninterrupted run."""
-    root, _ = caches["float16"]
-    common = ["train.steps=8", "train.checkpoint_every=4", "train.ema_rates=[0.9]", f"train.storage_path={tmp_path}",
-              "train.num_to_keep=10"]
-    ends = []
-    for extra in (["train.run_name=straight"], ["train.run_name=resumed", "train.fail_at_step=5",
-                                                 "train.max_failures=1"]):
-        result = run_training(config(root, *common, *extra), log=lambda *a: None)
-        ends.append(load_checkpoint(result.checkpoint.path))
-    assert (tmp_path / "resumed" / "fail_at_step_5.marker").exists()
-    straight, resumed = ends
-    assert resumed["data"] == straight["data"] and straight["data"]["workers"][0]["rows"] > 64  # past one epoch
-    assert json.loads((tmp_path / "resumed" / "checkpoint_0000008" / "data.json").read_text()) == straight["data"]
-    for key, value in straight["student"].items():
-        torch.testing.assert_close(resumed["student"][key], value, rtol=0, atol=1e-6)
 
 
 def test_a_cache_for_another_grid_is_refused(caches):

@@ -1,11 +1,16 @@
 """Checkpoints: what save_checkpoint writes, load_student and resume read back, and what they refuse."""
 
+import hashlib
+import struct
+import zipfile
+
 import pytest
 import torch
 
 from jobs.train import config as job_config
 from jobs.train import parser
-from pipeline.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_student, save_checkpoint
+from pipeline.checkpoint import (CHECKPOINT_FILE, DIGEST_FILE, DamagedCheckpointError, load_checkpoint, load_student,
+                                 save_checkpoint)
 from pipeline.config import load_config
 from pipeline.teachers import build_teacher
 from pipeline.train import loop
@@ -122,7 +127,43 @@ def test_refusals(teacher, tmp_path):
         load_weights(build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu"), bigger)
     file = tmp_path / CHECKPOINT_FILE
     file.write_bytes(file.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="truncated or damaged"):
+    with pytest.raises(DamagedCheckpointError, match="checkpoint.pt has sha256"):
+        load_checkpoint(tmp_path)
+    (tmp_path / DIGEST_FILE).unlink()
+    with pytest.raises(DamagedCheckpointError, match="not a readable archive"):
         load_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="missing"):
         save_checkpoint(tmp_path, step=1)
+
+
+def tensor_offset(file, name):
+    """Offset in checkpoint.pt of the middle byte of the zip record `name` (a tensor's storage)."""
+    with zipfile.ZipFile(file) as archive:
+        info = archive.getinfo(name)
+    with open(file, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    return info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+
+
+def test_a_flipped_byte_in_a_tensor_is_refused_with_the_file_named(teacher, tmp_path):
+    """checkpoint.sha256 (sha256sum format) is written beside checkpoint.pt; one flipped bit in a weight, which
+    torch.load alone reads without a word, is refused. A checkpoint without a digest (written before digests) loads
+    with a warning, and its zip CRC-32s still catch a flipped byte."""
+    cfg = config()
+    file = save(tmp_path, cfg, perturbed(config("train.gan_start=0"), teacher, 6))
+    digest, name = (tmp_path / DIGEST_FILE).read_text().split()
+    assert name == CHECKPOINT_FILE and digest == hashlib.sha256(file.read_bytes()).hexdigest()
+    good = file.read_bytes()
+    damaged = bytearray(good)
+    damaged[tensor_offset(file, "archive/data/0")] ^= 0x10
+    file.write_bytes(bytes(damaged))
+    torch.load(file, weights_only=True)  # what training did before: the damage goes unnoticed
+    with pytest.raises(DamagedCheckpointError, match=f"{file}.*sha256"):
+        load_checkpoint(tmp_path)
+    (tmp_path / DIGEST_FILE).unlink()
+    with pytest.raises(DamagedCheckpointError, match="archive/data/0 fails its CRC-32"):
+        load_checkpoint(tmp_path)
+    file.write_bytes(good)
+    with pytest.warns(UserWarning, match="no checkpoint.sha256"):
+        assert load_checkpoint(tmp_path)["step"] == 17

@@ -2,19 +2,10 @@
 
 import pytest
 
-from ctm.digits import fit_digits_teacher
 from jobs.train import main
 from pipeline.cache import CacheNotFoundError
 from pipeline.config import load_config
 from pipeline.train import preflight
-
-
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory):
-    """The digits mixture teacher, fitted once and saved (loading is instant; fitting takes seconds)."""
-    path = tmp_path_factory.mktemp("teacher") / "digits.npz"
-    fit_digits_teacher().save(path)
-    return path
 
 
 def test_a_batch_that_does_not_divide_is_refused(capsys):
@@ -45,7 +36,7 @@ def test_a_missing_cache_is_refused(teacher_path, tmp_path):
 def test_the_tiny_student_mirrors_the_teacher_and_teacher_architecture_needs_an_edm_teacher(teacher_path):
     common = ["train.teacher_mode=online", "train.distance=l2", f"teacher.path={teacher_path}"]
     with pytest.raises(ValueError, match="student.architecture=tiny"):
-        preflight(load_config(overrides=common))
+        preflight(load_config(overrides=common + ["student.architecture=teacher"]))
     loop_config, datasets = preflight(load_config(overrides=common + ["student.architecture=tiny", "student.init_steps=10",
                                                                       "student.dropout=0.1"]))
     kwargs = loop_config["student_kwargs"]

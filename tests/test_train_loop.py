@@ -1,14 +1,22 @@
-"""The training loop's pieces that run outside a Train session: sample grids and the checkpoint's data position."""
+"""The training loop's pieces that run outside a Train session: sample grids, the checkpoint's data position, and the
+guard that stops a run at its first non-finite step."""
 
+import pytest
 import torch
+from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
 from ctm.sampling import gamma_sample
+from ctm.schedule import karras_grid
 from pipeline.config import load_config
+from pipeline.datasets import load_dataset
 from pipeline.images import save_grid
 from pipeline.teachers import build_teacher
-from pipeline.train.loop import data_position, write_samples
+from pipeline.train.data import OnlineBatches
+from pipeline.train.loop import data_position, finite_parts, stopped, write_samples
 from pipeline.train.rundir import RunDir
 from pipeline.train.state import build_state, student_kwargs
+from pipeline.train.step import CTMStep, NonFiniteError
+from pipeline.train.trainer import StopOnNonRetryable
 
 
 def test_sample_grids_use_the_config_grid(tmp_path):
@@ -40,3 +48,34 @@ def test_data_position_of_one_worker():
     cached = {"mode": "cached", "rows": 120, "unused": 40}
     assert data_position(Source(cached), 5, 1, torch.device("cpu")) == \
         {"mode": "cached", "workers": [{"rows": 120, "unused": 40}]}
+
+
+def test_a_non_finite_step_stops_before_its_update():
+    """lr = 1e30: step 0 is finite and throws the weights far out, step 1's loss is NaN. Step 1 raises NonFiniteError
+    naming the step and its loss terms, before anything of it is applied (weights, optimiser, EMAs unchanged); a state
+    holding a NaN is refused as a checkpoint; the driver's callback turns the worker's error into a stop."""
+    torch.set_num_threads(1)
+    cfg = load_config(overrides=["student.architecture=tiny", "student.init_from_teacher=false", "train.distance=l2",
+                                 "train.batch_size=8", "train.ema_rates=[0.9]", "train.lr=1e30",
+                                 "train.lr_schedule=constant"])
+    teacher, grid = build_teacher(cfg), karras_grid(18)
+    images, labels, _ = load_dataset(cfg.data)
+    state = build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu")
+    source, step = OnlineBatches(images, labels, cfg, grid), CTMStep(cfg, grid, teacher)
+    step(state, source(0))
+    state.step = 1
+    before = {k: v.clone() for k, v in finite_parts(state)["student"].items()}
+    opt = {k: v.clone() for k, v in state.opt_G.state_dict()["state"][0].items()}
+    with pytest.raises(NonFiniteError, match=r"^step 1: non-finite loss \(loss_ctm nan, loss_dsm nan"):
+        step(state, source(1))
+    assert all(torch.equal(v, before[k]) for k, v in state.G.state_dict().items())
+    assert all(torch.equal(v, opt[k]) for k, v in state.opt_G.state_dict()["state"][0].items())
+    next(state.emas[0.9].parameters()).data[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"step 1: non-finite values in \['ema'\] after the update; no checkpoint"):
+        finite_parts(state)
+    error = stopped(NonFiniteError("step 1: non-finite loss (loss_ctm nan)"), RunDir("/runs", "r"), "checkpoint_0000000")
+    assert "the newest good checkpoint is /runs/r/checkpoint_0000000" in str(error)
+    wrapped = UserExceptionWithTraceback(error, "Traceback ...")
+    with pytest.raises(NonFiniteError, match="checkpoint_0000000"):
+        StopOnNonRetryable().after_exception(None, {0: wrapped})
+    StopOnNonRetryable().after_exception(None, {0: UserExceptionWithTraceback(OSError("lost"), "")})  # retried

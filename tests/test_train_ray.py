@@ -7,7 +7,6 @@ import pytest
 import ray.train
 import torch
 
-from ctm.digits import fit_digits_teacher
 from ctm.schedule import karras_grid
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import load_config
@@ -19,14 +18,6 @@ from pipeline.train.state import build_state, student_kwargs
 from pipeline.train.step import CTMStep
 
 GRID = karras_grid(18)
-
-
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory):
-    """The digits mixture teacher, fitted once and saved (workers and actors load it instantly)."""
-    path = tmp_path_factory.mktemp("teacher") / "digits.npz"
-    fit_digits_teacher().save(path)
-    return path
 
 
 def config(tmp_path, teacher_path, *overrides):

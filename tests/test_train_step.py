@@ -244,17 +244,21 @@ def test_cached_batches_resume_where_they_stopped():
 
 def test_data_positions_of_several_workers(tmp_path):
     """The stream starts at the epoch of the worker that had pulled the fewest rows; a resume on another number of
-    workers shares the rows out; the driver reads the newest checkpoint's data.json (a folder without one is
-    skipped)."""
+    workers shares the rows out; the driver reads the data.json of the newest checkpoint Ray Train registered (not of
+    a newer folder a kill left unregistered)."""
     data = {"mode": "cached", "workers": [{"rows": 250, "unused": 10}, {"rows": 190, "unused": 6}]}
     assert stream_epoch(data, 200, 2) == 1 and stream_epoch(None, 200, 2) == 0
     assert worker_positions(data, 1) == [{"rows": 440, "unused": 16}]
     run = RunDir(str(tmp_path), "r")
     assert newest_data_position(run) == (0, None)
-    for step, text in [(2, json.dumps({"mode": "online", "epoch": 0, "offset": 8})), (4, json.dumps(data)), (6, None)]:
+    newer = {"mode": "cached", "workers": [{"rows": 900, "unused": 10}, {"rows": 800, "unused": 6}]}
+    for step, text in [(2, json.dumps({"mode": "online", "epoch": 0, "offset": 8})), (4, json.dumps(data)),
+                       (6, json.dumps(newer))]:
         (tmp_path / "r" / f"checkpoint_{step:07d}").mkdir(parents=True)
-        if text is not None:
-            (tmp_path / "r" / f"checkpoint_{step:07d}" / "data.json").write_text(text)
+        (tmp_path / "r" / f"checkpoint_{step:07d}" / "data.json").write_text(text)
+    results = [{"version": 0, "checkpoint_dir_name": f"checkpoint_{step:07d}", "metrics": {}} for step in (2, 4)]
+    (tmp_path / "r" / "checkpoint_manager_snapshot.json").write_text(json.dumps(
+        {"checkpoint_results": results, "checkpoint_report_indices": [0, 1], "latest_checkpoint_result": results[1]}))
     assert newest_data_position(run) == (4, data)
 
 
@@ -317,6 +321,7 @@ def test_dsm_sigma_follows_the_config_grid(digits):
         assert (sigma[2:] <= 40.0).all() and (sigma[2:] >= (40 ** 0.2 + 0.7 * (0.01 ** 0.2 - 40 ** 0.2)) ** 5).all()
 
 
+@pytest.mark.slow
 def test_training_reduces_the_flow_map_error(digits):
     """120 steps of online CTM + DSM bring G(x_t, t, s) towards the mixture teacher's exact flow map on held-out
     (x_t, t, s) triples drawn by the official law."""
@@ -349,7 +354,8 @@ def test_a_teacher_architecture_student_starts_as_the_teacher():
     start as G, and student.dropout overrides the network's."""
     net = build_edm_network(**tiny_songunet_kwargs(8, 1))
     teacher = EDMTeacher(net)
-    cfg = load_config(overrides=["student.architecture=teacher", "student.dropout=0.2", "train.distance=l2"])
+    cfg = load_config(overrides=["teacher.kind=edm", "teacher.path=in-memory", "student.architecture=teacher",
+                                 "student.dropout=0.2", "train.distance=l2"])
     kwargs = student_kwargs(cfg, teacher)
     assert kwargs == {**net.init_kwargs, "dropout": 0.2}
     state = build_state(cfg, kwargs, teacher, "cpu")

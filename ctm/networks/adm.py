@@ -7,7 +7,7 @@ Scale-shift norm and residual up/down blocks are always on, as in every released
 - Attention is consistency_models' (and sony/ctm's, after its PR #6): a 1x1 Conv2d `qkv` whose 3C output channels
   are laid out (three, heads, head_dim), softmax(q·k/√d)·v. guided-diffusion's ADM differs (Conv1d weights (3C, C, 1),
   a (heads, three, head_dim) layout), so its checkpoints do not load here.
-- With `s_path=True` (Kim et al. 2024, reference §1, ImageNet; sony/ctm `cm/unet.py`) the target time s gets its own
+- With `s_path=True` (Kim et al. 2024, docs/method.md §1, ImageNet; sony/ctm `cm/unet.py`) the target time s gets its own
   MLP `time_embed_s` (the class label stays on the t path) and every ResBlock adds `emb_layers_s(emb_s)` to
   `emb_layers(emb_t)` before the scale-shift norm. With `s_path=False` the state dict is exactly OpenAI's.
 - Weights stay fp32 and are cast to the input dtype (EDM's `use_fp16`); as in ADM's fp16 mode the embeddings, group

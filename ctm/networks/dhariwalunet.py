@@ -1,6 +1,6 @@
 """Dhariwal & Nichol's ADM U-Net as in EDM (`DhariwalUNet`), with CTM's optional s-path.
 
-With `s_path=True` the target time s (Kim et al. 2024, reference §1, ImageNet) goes through `map_noise` and its own
+With `s_path=True` the target time s (Kim et al. 2024, docs/method.md §1, ImageNet) goes through `map_noise` and its own
 MLP, emb_s = silu(map_layer1_s(silu(map_layer0_s(pos(s))))), with the class label on the t path only; every
 UNetBlock adds `affine_s(emb_s)` to `affine(emb_t)` before the scale-shift norm. With `s_path=False` the state dict is
 exactly EDM's.

@@ -106,7 +106,7 @@ def pixel_attention(q, k, v):
 class UNetBlock(torch.nn.Module):
     """Residual block with optional up/down sampling and self-attention, conditioned on an embedding.
 
-    With `s_path=True` (CTM, Kim et al. 2024 §1 of the reference) the block also takes the s embedding through its
+    With `s_path=True` (CTM, Kim et al. 2024; docs/method.md §1) the block also takes the s embedding through its
     own `affine_s`, added to `affine(emb)` before the norm.
     """
 

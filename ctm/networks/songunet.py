@@ -1,6 +1,6 @@
 """Song et al.'s DDPM++ / NCSN++ U-Net as in EDM (`SongUNet`), with CTM's optional s-path.
 
-With `s_path=True` the target time s (Kim et al. 2024, reference §1, CIFAR) goes through the same `map_noise` and
+With `s_path=True` the target time s (Kim et al. 2024, docs/method.md §1, CIFAR) goes through the same `map_noise` and
 sin/cos swap as t, gets the same class embedding, then its own MLP `map_layer0_s`/`map_layer1_s`; every UNetBlock
 adds `affine_s(emb_s)` to `affine(emb_t)`. With `s_path=False` the state dict is exactly EDM's.
 """

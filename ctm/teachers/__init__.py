@@ -6,7 +6,8 @@ import torch
 
 from ..networks import fast_inference
 from .adm import ADM_PRESETS, load_adm
-from .edm import load_edm, weights_digest
+from .edm import RefusedPickleError, load_edm, weights_digest
+from .errors import TeacherError, check_finite
 from .gmm import GaussianMixtureTeacher
 
 
@@ -38,4 +39,5 @@ class EDMTeacher:
         return weights_digest(self.net)
 
 
-__all__ = ["ADM_PRESETS", "Teacher", "EDMTeacher", "GaussianMixtureTeacher", "load_adm", "load_edm", "weights_digest"]
+__all__ = ["ADM_PRESETS", "Teacher", "EDMTeacher", "GaussianMixtureTeacher", "RefusedPickleError", "TeacherError",
+           "check_finite", "load_adm", "load_edm", "weights_digest"]

@@ -16,6 +16,7 @@ import torch
 from ctm.networks.precond import EDMPrecond
 
 from .edm import RefusedPickleError
+from .errors import TeacherError, check_finite
 
 ADM_PRESETS = {
     # consistency_models' EDM on ImageNet-64 (`scripts/launch.sh`: --image_size 64 --class_cond True --num_channels 192
@@ -42,8 +43,8 @@ def read_adm_state_dict(path):
     with open(path, "rb") as f:
         pickled = f.read(1) == b"\x80"  # the PROTO opcode every binary pickle starts with
     if not (pickled or zipfile.is_zipfile(path)):
-        raise ValueError(f"{path} is neither a torch.save zip archive nor a pickle; expected an ADM state dict such "
-                         f"as consistency_models' edm_imagenet64_ema.pt")
+        raise TeacherError(f"{path} is neither a torch.save zip archive nor a pickle; expected an ADM state dict such "
+                           f"as consistency_models' edm_imagenet64_ema.pt")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -54,15 +55,16 @@ def read_adm_state_dict(path):
                                  f"holds only tensors under string keys, so this file is not one and may run code; "
                                  f"nothing in it was run.{hint}") from None
     except Exception as e:
-        raise ValueError(f"{path} could not be read by torch.load ({type(e).__name__}: {e}); expected an ADM state "
-                         f"dict such as consistency_models' edm_imagenet64_ema.pt") from None
+        raise TeacherError(f"{path} could not be read by torch.load ({type(e).__name__}: {e}); expected an ADM state "
+                           f"dict such as consistency_models' edm_imagenet64_ema.pt") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not an ADM state dict: it holds a {type(data).__name__}, expected a dict of tensors")
+        raise TeacherError(f"{path}: not an ADM state dict: it holds a {type(data).__name__}, expected a dict of "
+                           "tensors")
     others = sorted(str(k) for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
     if others:
-        raise ValueError(f"{path}: not an ADM state dict: entries {others[:8]}{' ...' if len(others) > 8 else ''} are "
-                         f"not tensors (a training checkpoint keeps the network's state dict under one entry; save "
-                         f"that entry alone)")
+        raise TeacherError(f"{path}: not an ADM state dict: entries {others[:8]}{' ...' if len(others) > 8 else ''} "
+                           f"are not tensors (a training checkpoint keeps the network's state dict under one entry; "
+                           f"save that entry alone)")
     return data
 
 
@@ -79,8 +81,8 @@ def check_adm_state_dict(path, state_dict, net, preset):
         s_path = any("time_embed_s." in k or "emb_layers_s." in k for k in unexpected)
         hint = (" Its s-path keys (time_embed_s, emb_layers_s) make it a CTM student checkpoint, not a teacher."
                 if s_path else f" Check the preset {preset!r} and its overrides against the network's training flags.")
-        raise ValueError(f"{path}: not an ADM state dict of preset {preset!r}: missing keys {_keys(missing)}, "
-                         f"unexpected keys {_keys(unexpected)}.{hint}")
+        raise TeacherError(f"{path}: not an ADM state dict of preset {preset!r}: missing keys {_keys(missing)}, "
+                           f"unexpected keys {_keys(unexpected)}.{hint}")
     wrong = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state_dict.items()
              if v.shape != expected[k].shape}
     if wrong:
@@ -88,7 +90,7 @@ def check_adm_state_dict(path, state_dict, net, preset):
         hint = (" 3-D qkv weights are guided-diffusion's Conv1d attention (heads-first q, k, v layout), which this "
                 "loader does not read." if any(k.endswith("qkv.weight") and len(a) == 3 for k, (a, _) in wrong.items())
                 else "")
-        raise ValueError(f"{path}: {len(wrong)} tensors differ in shape from preset {preset!r}: {listed}.{hint}")
+        raise TeacherError(f"{path}: {len(wrong)} tensors differ in shape from preset {preset!r}: {listed}.{hint}")
 
 
 def load_adm(path, preset="imagenet64", **overrides):
@@ -99,5 +101,6 @@ def load_adm(path, preset="imagenet64", **overrides):
     state_dict = read_adm_state_dict(path)
     net = EDMPrecond(**adm_kwargs(preset, **overrides))
     check_adm_state_dict(path, state_dict, net.model, preset)
+    check_finite(state_dict, str(path))
     net.model.load_state_dict(state_dict, strict=True)
     return net.eval().requires_grad_(False)

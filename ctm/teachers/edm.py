@@ -9,16 +9,18 @@ then copied into this project's own EDM network built from the recorded construc
 
 import hashlib
 import io
-import pickle
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
+from ctm import safe_pickle
 from ctm.networks import build_edm_network
 
+from .errors import TeacherError, check_finite
 
-class RefusedPickleError(pickle.UnpicklingError):
+
+class RefusedPickleError(TeacherError, safe_pickle.RefusedPickleError):
     """The pickle asks for something an EDM network pickle never holds; nothing it names has been run."""
 
 
@@ -71,13 +73,6 @@ def _numpy_scalar(dtype, data):
     return np.frombuffer(data, dtype=dtype)[0]
 
 
-def _latin1_bytes(text, encoding):
-    """Stands in for `_codecs.encode`, which pickle protocol 2 uses to write bytes."""
-    if encoding != "latin1" or not isinstance(text, str):
-        raise RefusedPickleError(f"_codecs.encode with encoding {encoding!r} refused: only latin1 bytes are read")
-    return text.encode("latin1")
-
-
 # Every global an EDM network pickle names (protocols 2-5), and what it becomes here.
 ALLOWED_GLOBALS = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_object,
@@ -85,40 +80,29 @@ ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,
-    ("_codecs", "encode"): _latin1_bytes,
+    ("_codecs", "encode"): safe_pickle.latin1_bytes,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): safe_pickle.plain_dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("torch.nn.modules.container", "ModuleDict"): TorchModuleDict,
 }
 
 
-class EDMUnpickler(pickle.Unpickler):
-    """Unpickles EDM files into plain data: tensors, dicts, numbers, `PersistentObject` and `TorchModuleDict` records."""
-
-    def find_class(self, module, name):
-        if (module, name) not in ALLOWED_GLOBALS:
-            raise RefusedPickleError(f"refused global '{module}.{name}': an EDM network pickle holds only tensors, "
-                                     f"numbers and NVlabs persistence records, so this file is not one and may run code")
-        return ALLOWED_GLOBALS[(module, name)]
-
-    def persistent_load(self, pid):
-        raise RefusedPickleError(f"refused persistent id {pid!r}: EDM network pickles use none")
-
-
 def read_edm_pickle(path):
-    """The contents of an EDM pickle as plain data; a file that is no pickle, or names a refused global, is an error."""
+    """The contents of an EDM pickle as plain data (tensors, dicts, numbers, `PersistentObject` and `TorchModuleDict`
+    records); a file that is no pickle, or names a refused global, is an error."""
     with open(path, "rb") as f:
         try:
-            return EDMUnpickler(f).load()
-        except RefusedPickleError as e:
+            return safe_pickle.restricted_load(f, ALLOWED_GLOBALS, "an EDM network pickle",
+                                               "tensors, numbers and NVlabs persistence records")
+        except safe_pickle.RefusedPickleError as e:
             raise RefusedPickleError(f"{path}: {e}") from e
         except Exception as e:
-            raise ValueError(f"{path} could not be read as a pickle ({type(e).__name__}: {e}); "
-                             f"expected an NVlabs EDM network pickle such as edm-cifar10-32x32-uncond-vp.pkl") from e
+            raise TeacherError(f"{path} could not be read as a pickle ({type(e).__name__}: {e}); "
+                               f"expected an NVlabs EDM network pickle such as edm-cifar10-32x32-uncond-vp.pkl") from e
 
 
 def _describe(obj):
@@ -159,23 +143,34 @@ def load_edm(path, key="ema"):
     """
     data = read_edm_pickle(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not an EDM network pickle: it holds {_describe(data)}, "
-                         f"expected a dict with the network under {key!r}")
+        raise TeacherError(f"{path}: not an EDM network pickle: it holds {_describe(data)}, "
+                           f"expected a dict with the network under {key!r}")
     if key not in data:
-        raise ValueError(f"{path}: not an EDM network pickle: no entry {key!r}; entries present: {sorted(map(str, data))}")
+        raise TeacherError(f"{path}: not an EDM network pickle: no entry {key!r}; entries present: "
+                           f"{sorted(map(str, data))}")
     net = data[key]
     if not isinstance(net, PersistentObject) or net.class_name != "EDMPrecond":
-        raise ValueError(f"{path}: not an EDM network pickle: entry {key!r} is {_describe(net)}, "
-                         f"expected a persistent EDMPrecond")
+        raise TeacherError(f"{path}: not an EDM network pickle: entry {key!r} is {_describe(net)}, "
+                           f"expected a persistent EDMPrecond")
     init_args, init_kwargs = net.state.get("_init_args", ()), net.state.get("_init_kwargs")
     if init_args or not isinstance(init_kwargs, dict):
-        raise ValueError(f"{path}: EDMPrecond in {key!r} records constructor arguments {init_args!r}, {init_kwargs!r}; "
-                         f"expected keyword arguments only")
+        raise TeacherError(f"{path}: EDMPrecond in {key!r} records constructor arguments {init_args!r}, "
+                           f"{init_kwargs!r}; expected keyword arguments only")
     try:
         module = build_edm_network(**init_kwargs)
     except TypeError as e:
-        raise ValueError(f"{path}: EDMPrecond arguments {init_kwargs} are not supported by build_edm_network: {e}") from e
-    module.load_state_dict(flat_state_dict(net), strict=True)
+        raise TeacherError(f"{path}: EDMPrecond arguments {init_kwargs} are not supported by build_edm_network: "
+                           f"{e}") from e
+    try:
+        state = flat_state_dict(net)
+    except ValueError as e:
+        raise TeacherError(f"{path}: entry {key!r}: {e}") from None
+    check_finite(state, f"{path} (entry {key!r})")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise TeacherError(f"{path}: the weights of entry {key!r} do not fit the network its constructor arguments "
+                           f"describe ({' '.join(str(e).split())})") from None
     module.eval().requires_grad_(False)
     module.edm_init_kwargs = dict(init_kwargs)
     return module

@@ -2,11 +2,18 @@
 
 import hashlib
 import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
+
+from .errors import TeacherError, check_finite
+
+ARRAYS = ("weights", "means", "covariances", "image_shape")  # what `save` writes
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what np.load raises for damaged bytes
 
 
 class GaussianMixtureTeacher:
@@ -15,6 +22,9 @@ class GaussianMixtureTeacher:
     def __init__(self, weights, means, covariances, image_shape):
         weights, means, covariances = (torch.as_tensor(np.asarray(a), dtype=torch.float64)
                                        for a in (weights, means, covariances))
+        check_finite({"weights": weights, "means": means, "covariances": covariances}, "the mixture", "array")
+        if means.ndim != 2:
+            raise ValueError(f"mixture means must be (K, D), got shape {tuple(means.shape)}")
         K, D = means.shape
         if weights.shape != (K,) or covariances.shape != (K, D, D):
             raise ValueError(f"mixture arrays disagree: weights {tuple(weights.shape)}, means {tuple(means.shape)}, "
@@ -25,7 +35,10 @@ class GaussianMixtureTeacher:
         if (weights < 0).any() or abs(float(weights.sum()) - 1) > 1e-6:
             raise ValueError("mixture weights must be non-negative and sum to 1")
         self.weights, self.means, self.covariances = weights / weights.sum(), means, covariances
-        self.eigvals, self.eigvecs = torch.linalg.eigh(covariances)  # Σ_k = U diag(λ) Uᵀ
+        try:
+            self.eigvals, self.eigvecs = torch.linalg.eigh(covariances)  # Σ_k = U diag(λ) Uᵀ
+        except torch.linalg.LinAlgError as e:
+            raise ValueError(f"covariances could not be diagonalised ({e})") from None
         if (self.eigvals <= 0).any():
             raise ValueError("covariances must be positive definite")
         self.device = torch.device("cpu")
@@ -47,18 +60,35 @@ class GaussianMixtureTeacher:
 
     @classmethod
     def load(cls, path):
+        """The mixture `save` wrote to `path`; TeacherError names the file and the array at fault."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no Gaussian-mixture teacher file at {path}")
         try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in ("weights", "means", "covariances", "image_shape")}
-        except KeyError as e:
-            raise ValueError(f"{path} is not a Gaussian-mixture teacher: it lacks the array {e}; expected weights, "
-                             "means, covariances and image_shape") from None
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable .npz teacher file ({e})") from None
-        return cls(arrays["weights"], arrays["means"], arrays["covariances"], arrays["image_shape"])
+            npz = np.load(path, allow_pickle=False)
+        except UNREADABLE as e:
+            raise TeacherError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); expected a Gaussian-mixture "
+                               "teacher as GaussianMixtureTeacher.save writes it") from None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise TeacherError(f"{path} holds a single array, not an .npz of {', '.join(ARRAYS)}")
+        with npz:
+            missing = [k for k in ARRAYS if k not in npz.files]
+            if missing:
+                raise TeacherError(f"{path} is not a Gaussian-mixture teacher: it lacks the array"
+                                   f"{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (it holds "
+                                   f"{sorted(npz.files)}); expected {', '.join(ARRAYS)}")
+            arrays = {}
+            for k in ARRAYS:
+                try:
+                    arrays[k] = npz[k]
+                except UNREADABLE as e:
+                    raise TeacherError(f"{path}: the array '{k}' cannot be read ({type(e).__name__}: {e}); the file "
+                                       "is damaged") from None
+        check_finite(arrays, str(path), "array")
+        try:
+            return cls(arrays["weights"], arrays["means"], arrays["covariances"], arrays["image_shape"])
+        except ValueError as e:
+            raise TeacherError(f"{path}: {e}") from None
 
     def to(self, device):
         for name in ("weights", "means", "covariances", "eigvals", "eigvecs"):

@@ -6,12 +6,14 @@
 """
 
 from .cache import TrajectoryCache, config_key_fields, open_cache
-from .errors import CacheError, CacheMismatchError, CacheNotFoundError, DamagedShardError
+from .errors import (CacheError, CacheMismatchError, CacheNotFoundError, DamagedManifestError, DamagedShardError,
+                     NonFiniteStatesError)
 from .generate import generate_cache
 from .manifest import cache_key, key_fields
 from .source import CacheDatasource, cache_dataset
-from .verify import describe_cache, format_report, verify_cache
+from .verify import damaged_error, describe_cache, format_report, verify_cache
 
 __all__ = ["TrajectoryCache", "open_cache", "config_key_fields", "generate_cache", "cache_dataset", "CacheDatasource",
-           "verify_cache", "describe_cache", "format_report", "cache_key", "key_fields", "CacheError",
-           "CacheMismatchError", "CacheNotFoundError", "DamagedShardError"]
+           "verify_cache", "describe_cache", "format_report", "damaged_error", "cache_key", "key_fields", "CacheError",
+           "CacheMismatchError", "CacheNotFoundError", "DamagedShardError", "DamagedManifestError",
+           "NonFiniteStatesError"]

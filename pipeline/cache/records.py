@@ -76,7 +76,10 @@ def heun_from_starts(denoise, x_start, n, t_steps, class_labels=None):
 
 
 def make_records(spec, teacher, images, labels, indices, batch_size, device="cpu"):
-    """The arrays of records `indices` (numpy, ready for a shard), solved `batch_size` records at a time."""
+    """The arrays of records `indices` (numpy, ready for a shard), solved `batch_size` records at a time.
+
+    images: float32 (M, C, H, W) in [-1, 1], or a `pipeline.datasets.ImageSource`, of which only these records'
+    images are read; labels int64 (M,); both None in noise mode."""
     draws = [draw_record(spec, int(i), 0 if images is None else len(images)) for i in indices]
     seed, n, j, flip, label_draw, z = zip(*draws)
     n, j = torch.tensor(n), torch.tensor(j)

@@ -8,6 +8,11 @@ Arrays (first axis: the shard's records):
 Every chunk carries a crc32c, so a corrupted chunk fails to decode; `checksums.json` lists each object's size and
 sha256, and the manifest holds the sha256 of `checksums.json`. Zarr writes the metadata and the 1-D arrays; the two
 sharded objects are encoded and read by `shardcodec`, to the same bytes.
+
+What each check reads: the quick check (training's pre-check, `generate`, `verify --quick`) lists the objects, compares
+sizes and hashes every small object (metadata and 1-D arrays); a reader hashes the metadata it opens and checks each
+chunk's crc32c (and that its values are finite) as it reads it; the full check hashes every object and reads every
+stored state.
 """
 
 import contextlib
@@ -20,8 +25,8 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from .errors import DamagedShardError
-from .shardcodec import EMPTY, decode_chunks, decode_index, encode_shard, index_nbytes
+from .errors import REPAIR, DamagedShardError, NonFiniteStatesError
+from .shardcodec import EMPTY, decode_chunks, decode_index, encode_shard, failing_chunk, index_nbytes
 
 CHECKSUMS = "checksums.json"
 FILL = {"states": np.nan, "x0": np.nan, "start": -1, "label": -1, "index": -1, "data_index": -1, "seed": -1,
@@ -34,6 +39,30 @@ def _object(name, ndim):
     return f"{name}/c/{'/'.join('0' * ndim)}"
 
 
+def bulk(path):
+    """Whether an object is one of the two large sharded objects (states, x0), whose chunks and index each carry a
+    crc32c checked as they are read; every other object (metadata, 1-D arrays) is small and read whole."""
+    parts = path.split("/")
+    return parts[0] in CHUNK_AXES and parts[1:2] == ["c"]
+
+
+def _nonfinite(arrays, start, shard):
+    """NonFiniteStatesError naming the first record whose stored states (from its n on) or x0 hold NaN or Inf."""
+    states, n = arrays["states"], arrays["start"]
+    N = states.shape[1]
+    bad = ~np.isfinite(states.reshape(*states.shape[:2], -1)).all(axis=2) & (np.arange(N)[None] >= n[:, None])
+    bad_x0 = ~np.isfinite(arrays["x0"].reshape(len(n), -1)).all(axis=1)
+    rows = np.flatnonzero(bad.any(axis=1) | bad_x0)
+    if not len(rows):
+        return None
+    r = rows[0]
+    what = (f"its state {int(np.argmax(bad[r]))} on the grid (the teacher's Heun solve from n = {n[r]}); check the "
+            f"teacher's parameters (teacher.path) for NaN or Inf" if bad[r].any() else
+            "its image x0; check the dataset (data.path)")
+    return NonFiniteStatesError(f"record {start + r} holds NaN or Inf in {what}. Nothing of shard {shard} (records "
+                                f"{start}..{start + len(n) - 1}) was written")
+
+
 def write_shard(store, shard, start, stop, arrays, key):
     """Write records [start, stop) as one group, commit it (rename locally) and return its manifest entry.
 
@@ -43,6 +72,9 @@ def write_shard(store, shard, start, stop, arrays, key):
     count = stop - start
     if not np.array_equal(arrays["index"], np.arange(start, stop)):
         raise ValueError(f"shard {shard} must hold records {start}..{stop - 1} in order")
+    error = _nonfinite(arrays, start, shard)
+    if error is not None:
+        raise error
     name = f"{shard:06d}-{uuid.uuid4().hex[:8]}.zarr"
     final = f"shards/{name}"
     tmp = f"shards/.tmp-{name}" if store.local else final
@@ -95,25 +127,45 @@ def _listing_problems(store, entry):
 
 
 def shard_problems(store, entry, full=False):
-    """What is wrong with a committed shard: [] when sound. Cheap: object list and sizes; full: every sha256 too."""
+    """What is wrong with a committed shard: [] when sound. Quick: object list, sizes and the sha256 of every small
+    object (metadata, 1-D arrays); full: the sha256 of every object, then every stored state read and checked."""
     problems, sums = _listing_problems(store, entry)
-    if full and not problems:
+    if not problems:
         problems = [f"object {p} fails its sha256 checksum" for p, want in sums.items()
-                    if store.sha256(f"{entry['path']}/{p}") != want["sha256"]]
+                    if (full or not bulk(p)) and store.sha256(f"{entry['path']}/{p}") != want["sha256"]]
     if full and not problems:
-        group = zarr.open_group(store.zarr_store(entry["path"]), mode="r", use_consolidated=True)
-        count = entry["stop"] - entry["start"]
-        problems = [f"array {name} holds {group[name].shape[0]} records, expected {count}"
-                    for name in FILL if group[name].shape[0] != count]
-        if not problems and not np.array_equal(group["index"][:], np.arange(entry["start"], entry["stop"])):
-            problems.append(f"index does not run over records {entry['start']}..{entry['stop'] - 1}")
+        problems = _content_problems(store, entry)
     return problems
 
 
+def _content_problems(store, entry, block_rows=64):
+    """Record counts, record indices, start indices and every stored state and x0 (present and finite)."""
+    count = entry["stop"] - entry["start"]
+    try:
+        reader = ShardReader(store, entry)
+        problems = [f"array {name} holds {reader.group[name].shape[0]} records, expected {count}"
+                    for name in FILL if reader.group[name].shape[0] != count]
+        if problems:
+            return problems
+        columns = reader.columns(0, count)
+        if not np.array_equal(columns["index"], np.arange(entry["start"], entry["stop"])):
+            return [f"index does not run over records {entry['start']}..{entry['stop'] - 1}"]
+        N = reader.group["states"].shape[1]
+        if ((columns["start"] < 0) | (columns["start"] > N - 2)).any():
+            return [f"start holds a grid index outside 0..{N - 2}"]
+        for lo in range(0, count, block_rows):
+            hi = min(lo + block_rows, count)
+            reader.trajectories(lo, hi, columns["start"][lo:hi])
+    except DamagedShardError as e:
+        return [e.problem]
+    return []
+
+
 def damaged(entry, why):
-    return DamagedShardError(f"shard {entry['shard']} (records {entry['start']}..{entry['stop'] - 1}, {entry['path']}) "
-                             f"is damaged: {why}; run `python -m jobs.generate_trajectories verify`, then "
-                             f"`generate --repair` to rewrite it")
+    e = DamagedShardError(f"shard {entry['shard']} (records {entry['start']}..{entry['stop'] - 1}, {entry['path']}) "
+                          f"is damaged: {why}; rewrite it with `{REPAIR}`")
+    e.problem = why
+    return e
 
 
 @contextlib.contextmanager
@@ -126,15 +178,19 @@ def refusing(entry):
 
 
 class ShardReader:
-    """Reads a committed shard after the cheap check (object list and sizes against its checksums).
+    """Reads a committed shard after the cheap check (object list and sizes against its checksums, and the sha256 of
+    the group metadata, which holds every array's metadata).
 
-    Anything damaged that a read meets (a chunk failing its crc32c, a stored state missing from the index) raises
-    DamagedShardError naming the shard. Each sharded array's index is read once per reader.
+    Anything damaged that a read meets (metadata failing its sha256, a chunk failing its crc32c, a stored state missing
+    from the index or not finite) raises DamagedShardError naming the shard. Each sharded array's index is read once
+    per reader.
     """
 
     def __init__(self, store, entry):
         self.store, self.entry = store, entry
         problems, self.sums = _listing_problems(store, entry)
+        if not problems and store.sha256(f"{entry['path']}/zarr.json") != self.sums.get("zarr.json", {}).get("sha256"):
+            problems = ["object zarr.json fails its sha256 checksum"]  # the only metadata read: it is consolidated
         if problems:
             raise damaged(entry, "; ".join(problems))
         with refusing(entry):
@@ -175,10 +231,25 @@ class ShardReader:
     def _chunks(self, name, flat):
         """Inner chunks `flat` (C-order numbers in the chunk grid) of a sharded array, stacked."""
         offsets, nbytes = self._offsets(name)
-        if (offsets[flat] == EMPTY).any():
-            raise damaged(self.entry, f"a stored chunk of {name} is missing from its shard index")
         array = self.group[name]
+        missing = offsets[flat] == EMPTY
+        if missing.any():
+            raise damaged(self.entry, f"{self._chunk(name, flat[missing][0])} is missing from its shard index")
         with refusing(self.entry):
             raws = self.store.read_ranges(f"{self.entry['path']}/{_object(name, array.ndim)}", offsets[flat],
                                           offsets[flat] + nbytes[flat])
-            return decode_chunks(raws, array.dtype, array.shape[CHUNK_AXES[name]:])
+        bad = failing_chunk(raws)
+        if bad is not None:
+            raise damaged(self.entry, f"{self._chunk(name, flat[bad])} fails its crc32c")
+        chunks = decode_chunks(raws, array.dtype, array.shape[CHUNK_AXES[name]:])
+        finite = np.isfinite(chunks.reshape(len(flat), -1)).all(axis=1)
+        if not finite.all():
+            raise damaged(self.entry, f"{self._chunk(name, flat[~finite][0])} holds NaN or Inf")
+        return chunks
+
+    def _chunk(self, name, f):
+        """'state j of record i' or 'x0 of record i' for inner chunk number f of a sharded array."""
+        if name == "states":
+            N = self.group["states"].shape[1]
+            return f"state {f % N} of record {self.entry['start'] + f // N}"
+        return f"{name} of record {self.entry['start'] + f}"

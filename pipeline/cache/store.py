@@ -10,9 +10,10 @@ import json
 import os
 import uuid
 
-import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.storage_errors import url_to_fs
 
 
 class CacheStore:
@@ -20,7 +21,7 @@ class CacheStore:
 
     def __init__(self, url, storage_options=None):
         self.url, self.storage_options = str(url), dict(storage_options or {})
-        self.fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.fs, path = url_to_fs(self.url, **self.storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.path = os.path.abspath(path) if self.local else path.rstrip("/")
         if self.local:
@@ -37,6 +38,10 @@ class CacheStore:
 
     def child(self, name):
         return CacheStore(self.join_url(name), self.storage_options)
+
+    @property
+    def name(self):
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
 
     def full(self, rel=""):
         return f"{self.path}/{rel}" if rel else self.path
@@ -107,6 +112,11 @@ class CacheStore:
         except FileNotFoundError:
             return {}
         return {p[len(base) + 1:]: int(info["size"]) for p, info in found.items() if info["type"] == "file"}
+
+    def exists(self, rel):
+        if not self.local:
+            self.fs.invalidate_cache(self.full(rel))
+        return self.fs.exists(self.full(rel))
 
     def sha256(self, rel):
         return hashlib.sha256(self.read_bytes(rel)).hexdigest()

@@ -3,23 +3,35 @@
 from concurrent.futures import ThreadPoolExecutor
 
 from .cache import leftovers
+from .errors import REPAIR, DamagedShardError
 from .manifest import shard_ranges
-from .shards import shard_problems
+from .shards import damaged, shard_problems
 
 
 def verify_cache(cache, full=True, threads=8):
     """{"ok", "checked", "damaged": [{shard, path, start, stop, problems}], "missing": [(shard, start, stop)],
-    "leftovers": [path]}. full=False checks object lists and sizes only; full=True also every sha256 and index."""
+    "leftovers": [path]}. full=False: object lists, sizes and the sha256 of the small objects (metadata, 1-D arrays);
+    full=True: every sha256, and every stored state read (present, crc32c, finite)."""
     with ThreadPoolExecutor(threads) as pool:
         problems = list(pool.map(lambda e: shard_problems(cache.store, e, full=full), cache.shards))
-    damaged = [{k: e[k] for k in ("shard", "path", "start", "stop")} | {"problems": p}
-               for e, p in zip(cache.shards, problems) if p]
+    broken = [{k: e[k] for k in ("shard", "path", "start", "stop")} | {"problems": p}
+              for e, p in zip(cache.shards, problems) if p]
     have = {(e["shard"], e["stop"]) for e in cache.shards}
     target = max(cache.manifest["num_records"], cache.num_records)
     missing = [(s, a, b) for s, a, b in shard_ranges(target, cache.manifest["records_per_shard"])
                if (s, b) not in have]
-    return {"ok": not damaged and not missing, "checked": len(cache.shards), "damaged": damaged,
+    return {"ok": not broken and not missing, "checked": len(cache.shards), "damaged": broken,
             "missing": missing, "leftovers": leftovers(cache.store, cache.manifest)}
+
+
+def damaged_error(url, damaged_shards):
+    """One DamagedShardError naming every damaged shard of a verify report, its problems and the repair command."""
+    if len(damaged_shards) == 1:
+        return damaged(damaged_shards[0], "; ".join(damaged_shards[0]["problems"]))
+    named = "; ".join(f"shard {d['shard']} (records {d['start']}..{d['stop'] - 1}, {d['path']}): "
+                      f"{', '.join(d['problems'])}" for d in damaged_shards)
+    return DamagedShardError(f"{len(damaged_shards)} shards of the cache at {url} are damaged: {named}; rewrite them "
+                             f"with `{REPAIR}`")
 
 
 def format_report(cache, report):
@@ -32,8 +44,7 @@ def format_report(cache, report):
     for rel in report["leftovers"]:
         lines.append(f"leftover {rel} (not in the manifest; the next generate run removes it)")
     if report["damaged"]:
-        lines.append("rerun `python -m jobs.generate_trajectories generate --repair` with the same config to rewrite "
-                     "the damaged shards")
+        lines.append(f"rewrite the damaged shards with `{REPAIR}` (the config that made the cache)")
     elif report["missing"]:
         lines.append("rerun `python -m jobs.generate_trajectories generate` with the same config to finish the cache")
     lines.append("OK" if report["ok"] else "NOT OK")

@@ -33,9 +33,14 @@ class Evaluator:
         self.features = build_features(cfg, self.device)
         self._reference = reference if reference is not None else build_reference(cfg, self.features, self.device)
         self._loaded = (None, None)
+        self.loads, self.scored = 0, 0  # checkpoints read from disk (a schedule search's trials reuse one), settings
 
     def reference(self):
         return self._reference
+
+    def counts(self):
+        """{"loads": checkpoints read from disk, "scored": settings scored} since the actor started."""
+        return {"loads": self.loads, "scored": self.scored}
 
     def _model(self, source):
         """The model `source` names; a checkpoint is loaded once and reused until its file changes."""
@@ -45,6 +50,7 @@ class Evaluator:
         key = (str(Path(file).resolve()), file.stat().st_mtime_ns, self.cfg.eval.ema_rate)
         if self._loaded[0] != key:
             self._loaded = (key, as_model(file, self.cfg.eval.ema_rate, self.device))
+            self.loads += 1
         return self._loaded[1]
 
     def _score(self, batches, model_info, setting_info):
@@ -60,9 +66,9 @@ class Evaluator:
         feats = cleanfid_features(keep_preview(batches), e.num_samples, self.features, e.batch_size, self.device)
         seconds = time.perf_counter() - start
         return {"model": model_info, "setting": setting_info, "fid": fid(feats, self._reference),
-                "num_samples": e.num_samples, "features": self.features.info, "reference": self._reference.info,
-                "real_vs_real": self._reference.real_vs_real, "seconds": round(seconds, 3), "device": self.device,
-                "preview": preview[0]}
+                "num_samples": e.num_samples, "seed": e.seed, "features": self.features.info,
+                "reference": self._reference.info, "real_vs_real": self._reference.real_vs_real,
+                "seconds": round(seconds, 3), "device": self.device, "preview": preview[0]}
 
     def score(self, source, settings):
         """One result per setting: FID of eval.num_samples samples against the reference, with what it measured."""
@@ -72,6 +78,7 @@ class Evaluator:
             batches = sample_batches(model.G, setting, grid, e.num_samples, e.batch_size, e.seed, model.image_shape,
                                      model.label_dim, self.device)
             results.append(self._score(batches, model.info, setting.to_dict(grid)))
+            self.scored += 1
         return results
 
     def score_teacher(self):
@@ -111,9 +118,11 @@ class EvaluatorPool:
         self._turn = (self._turn + 1) % len(self.actors)
         return self.actors[self._turn]
 
-    def submit(self, source, settings):
-        """ObjectRef of the results list for a checkpoint path (or Model) at `settings`; returns at once."""
-        return self._next_actor().score.remote(source, list(settings))
+    def submit(self, source, settings, actor=None):
+        """ObjectRef of the results list for a checkpoint path (or Model) at `settings`; returns at once. actor: an
+        index (taken modulo the pool's size) picks the actor, as a schedule search's trials do; default: in turn."""
+        chosen = self._next_actor() if actor is None else self.actors[actor % len(self.actors)]
+        return chosen.score.remote(source, list(settings))
 
     def submit_teacher(self):
         return self._next_actor().score_teacher.remote()
@@ -122,9 +131,11 @@ class EvaluatorPool:
         return self._next_actor().likelihood.remote(source)
 
     def evaluate(self, sources, settings, teacher=False, likelihood=False):
-        """Every (source, setting) spread over the actors; {"results": [...], "teacher": ..., "likelihood": [...]}."""
+        """Every (source, setting) spread over the actors; {"results": [...], "teacher": ..., "likelihood": [...]}.
+        settings: one list for every source, or {source: its own list} (a searched schedule per checkpoint)."""
         import ray
-        refs = [self.submit(source, [setting]) for source in sources for setting in settings]
+        per_source = settings if isinstance(settings, dict) else {source: settings for source in sources}
+        refs = [self.submit(source, [setting]) for source in sources for setting in per_source[source]]
         teacher_ref = self.submit_teacher() if teacher else None
         nll_refs = [self.submit_likelihood(source) for source in sources] if likelihood else []
         return {"results": [r for batch in ray.get(refs) for r in batch],

@@ -1,4 +1,5 @@
-"""The shipped digits feature network: an MLP 64-256-64-10 trained to 100% on scikit-learn's digits (DESIGN.md).
+"""The shipped digits feature network: an MLP 64-256-64-10 trained to 100% on scikit-learn's digits
+(docs/method.md, "The embedded default's teacher and features").
 
 Fréchet distance in pixel space cannot tell a good digits model from a bad one; in the 64-unit hidden layer of this
 classifier it can. `digits_mlp.npz` beside this file holds the weights `train_digits_mlp()` produced (full-batch

@@ -15,6 +15,7 @@ import torch
 
 from .digits_mlp import load_digits_mlp, weights_digest
 
+DIGITS_NAME, INCEPTION_NAME = "digits-mlp-64", "inception-v3-2015-12-05"
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 
@@ -60,7 +61,7 @@ def to_pixels(images, quantize=False):
 
 def digits_features(device="cpu"):
     net = DigitsFeatures().to(device)
-    info = {"name": "digits-mlp-64", "description": "tanh hidden layer (64 units) of the shipped digits MLP "
+    info = {"name": DIGITS_NAME, "description": "tanh hidden layer (64 units) of the shipped digits MLP "
             "64-256-64-10 (100% on sklearn digits); not comparable with Inception FID",
             "digest": weights_digest(net.mlp)[:16], "dim": 64, "resize": "none (8×8)", "quantize": False}
     return FeatureSet(net, keep_size, None, False, info)
@@ -85,10 +86,9 @@ def inception_features(path, device="cpu"):
     from cleanfid.resize import build_resizer
     file = inception_file(path)
     net = InceptionV3W(path=str(file.parent), download=False).to(device).eval()
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-    info = {"name": "inception-v3-2015-12-05", "description": "clean-fid Inception (pool3, 2048) in 'clean' mode: "
+    info = {"name": INCEPTION_NAME, "description": "clean-fid Inception (pool3, 2048) in 'clean' mode: "
             "PIL bicubic resize to 299, comparable with published clean-fid numbers",
-            "digest": digest, "dim": 2048, "resize": "clean-fid clean (PIL bicubic 299)", "quantize": True}
+            "digest": file_digest(file), "dim": 2048, "resize": "clean-fid clean (PIL bicubic 299)", "quantize": True}
     return FeatureSet(net, build_resizer("clean"), gray_to_rgb, True, info)
 
 
@@ -100,6 +100,21 @@ def check_features(cfg):
     elif cfg.data.name != "digits":
         raise ValueError(f"eval.features: the shipped digits features read only the 8x8 digits, not {cfg.data.name!r}; "
                          "set eval.features=inception and eval.inception_path")
+
+
+def file_digest(path):
+    """The first 16 hex digits of a weights file's sha256, read in blocks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
+def features_identity(cfg):
+    """{"name", "digest"} of the feature network `cfg.eval.features` names, as its FeatureSet's info has them,
+    without building the network."""
+    check_features(cfg)
+    if cfg.eval.features == "inception":
+        return {"name": INCEPTION_NAME, "digest": file_digest(inception_file(cfg.eval.inception_path))}
+    return {"name": DIGITS_NAME, "digest": weights_digest(load_digits_mlp())[:16]}
 
 
 def build_features(cfg, device="cpu"):

@@ -1,8 +1,8 @@
 """FID through clean-fid's own code: features by `get_model_features`, distance by `frechet_distance`.
 
 Reference statistics come from the user's local dataset (or a given `.npz` with mu and sigma) and are cached on disk.
-FD is biased by the sample count (DESIGN.md), so every reference carries the real-against-real FD of a disjoint split
-of the real images at the evaluation's sample count.
+FD is biased by the sample count (docs/method.md, "The embedded default's teacher and features"), so every reference
+carries the real-against-real FD of a disjoint split of the real images at the evaluation's sample count.
 """
 
 import hashlib
@@ -16,7 +16,7 @@ from cleanfid.fid import fid_from_feats, frechet_distance, get_model_features
 
 from pipeline.datasets import load_dataset
 
-from .features import to_pixels
+from .features import file_digest, to_pixels
 
 
 @dataclass
@@ -81,7 +81,9 @@ def load_stats_npz(path, dim):
 
 
 def reference_key(cfg, feature_set, identity):
-    parts = {"features": feature_set.info, "data": identity, "stats": cfg.eval.reference_stats,
+    stats = cfg.eval.reference_stats  # by path and content: a file rewritten in place is another reference
+    stats = stats and [stats, file_digest(stats) if Path(stats).is_file() else None]
+    parts = {"features": feature_set.info, "data": identity, "stats": stats,
              "n": cfg.eval.num_samples, "seed": cfg.eval.seed}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,4 +1,5 @@
-"""NLL in bits/dim of a CTM student through the PF-ODE, the score from g(x, σ, σ) (reference §6), Hutchinson traces."""
+"""NLL in bits/dim of a CTM student through the PF-ODE, the score from g(x, σ, σ) (docs/method.md §6), Hutchinson
+traces."""
 
 import dataclasses
 

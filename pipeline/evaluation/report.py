@@ -46,9 +46,10 @@ def measured_on(result):
 
 
 def fid_table(results):
-    """Markdown rows NFE × γ for γ-sampling results, and one row per 2-step setting."""
-    gamma = [r for r in results if r["setting"].get("gamma") is not None]
+    """Markdown rows NFE × γ for γ-sampling results, one row per 2-step setting, and one per searched schedule."""
+    gamma = ramp_settings(results)
     two_step = [r for r in results if r["setting"].get("i1") is not None]
+    searched = [r for r in results if r["setting"].get("sigmas") is not None]
     lines = []
     if gamma:
         gammas = sorted({r["setting"]["gamma"] for r in gamma})
@@ -62,12 +63,23 @@ def fid_table(results):
         for r in sorted(two_step, key=lambda r: (r["setting"]["i1"], r["setting"]["i2"])):
             s = r["setting"]
             lines.append(f"| {s['i1']} | {s['i2']} | {s['s_steps'][0]:.4g} | {s['t_steps'][1]:.4g} | {r['fid']:.4g} |")
+    if searched:
+        lines += ["", "| searched schedule NFE | γ | intermediate times | FID |", "|---|---|---|---|"]
+        for r in sorted(searched, key=lambda r: (r["setting"]["nfe"], r["fid"])):
+            s = r["setting"]
+            lines.append(f"| {s['nfe']} | {s['gamma']:.4g} | {', '.join(f'{t:.4g}' for t in s['sigmas']) or '-'} | "
+                         f"{r['fid']:.4g} |")
     return lines
+
+
+def ramp_settings(results):
+    """The γ-sampling results on the default ρ-ramp times (not a searched schedule's own times)."""
+    return [r for r in results if r["setting"].get("gamma") is not None and r["setting"].get("sigmas") is None]
 
 
 def fid_curves(results, x, by):
     """{value of `by`: [(x, FID), ...] sorted by x} over the γ-sampling settings, e.g. x="nfe", by="gamma"."""
-    gamma = [r for r in results if r["setting"].get("gamma") is not None]
+    gamma = ramp_settings(results)
     return {v: sorted((r["setting"][x], r["fid"]) for r in gamma if r["setting"][by] == v)
             for v in sorted({r["setting"][by] for r in gamma})}
 
@@ -82,11 +94,14 @@ def plot_fid_vs_nfe(results, path, teacher=None, title=""):
     curves = fid_curves(results, x="nfe", by="gamma")
     for g, pts in curves.items():
         ax.plot(*zip(*pts), marker="o", label=f"γ = {g:g}")
+    searched = [(r["setting"]["nfe"], r["fid"]) for r in results if r["setting"].get("sigmas") is not None]
+    if searched:
+        ax.scatter(*zip(*searched), marker="*", s=60, color="C3", zorder=3, label="searched schedule")
     if teacher is not None:
         ax.axhline(teacher["fid"], color="k", ls="--", lw=1, label=f"teacher Heun ({teacher['setting']['nfe']} NFE)")
     if results:
         ax.axhline(results[0]["real_vs_real"]["fd"], color="grey", ls=":", lw=1, label="real vs real")
-    nfes = sorted({n for pts in curves.values() for n, _ in pts})
+    nfes = sorted({n for pts in [*curves.values(), searched] for n, _ in pts})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))

@@ -1,4 +1,5 @@
-"""Sampling settings an evaluation scores: γ-sampling at (NFE, γ), or the 2-step variant with grid indices (i1, i2).
+"""Sampling settings an evaluation scores: γ-sampling at (NFE, γ), optionally along explicit intermediate times (a
+schedule search's settings), or the 2-step variant with grid indices (i1, i2).
 
 Every setting resolves to the jump times (t_n) and landing times (s_n) of `ctm.sampling.jump_sample`, and those
 times ride along with each reported number. Batches are drawn from seeded generators, so every setting of one
@@ -10,19 +11,24 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ctm.sampling import gamma_steps, jump_sample
+from ctm.sampling import gamma_landings, gamma_steps, jump_sample
 from ctm.schedule import karras_grid
 
 
 @dataclass(frozen=True)
 class Setting:
     nfe: int
-    gamma: float | None = 0.0     # γ-sampler (reference §4); None for the 2-step variant
+    gamma: float | None = 0.0     # γ-sampler (docs/method.md §4); None for the 2-step variant
     i1: int | None = None         # 2-step: jump 80 → t_{i1}, renoise to t_{i2} (i2 <= i1), jump to σ_min
     i2: int | None = None
+    sigmas: tuple | None = None   # γ-sampling along t_0 = σ_max > sigmas > σ_min instead of the ρ-ramp (NFE − 1 times)
 
     def __post_init__(self):
         two_step = self.i1 is not None or self.i2 is not None
+        if self.sigmas is not None:
+            object.__setattr__(self, "sigmas", tuple(float(t) for t in self.sigmas))
+            if two_step or len(self.sigmas) != self.nfe - 1 or any(b > a for a, b in zip(self.sigmas, self.sigmas[1:])):
+                raise ValueError(f"explicit times need NFE − 1 non-increasing sigmas (and no i1, i2); got {self}")
         if two_step and (self.i1 is None or self.i2 is None or self.nfe != 2 or self.gamma is not None):
             raise ValueError(f"a 2-step setting needs nfe=2, gamma=None and both i1 and i2; got {self}")
         if not two_step and (self.nfe < 1 or self.gamma is None or not 0 <= self.gamma <= 1):
@@ -32,6 +38,8 @@ class Setting:
     def label(self):
         if self.i1 is not None:
             return f"2-step i1={self.i1} i2={self.i2}"
+        if self.sigmas is not None:
+            return f"NFE {self.nfe} γ={self.gamma:.4g} t=({', '.join(f'{t:.3g}' for t in self.sigmas)})"
         return f"NFE {self.nfe} γ={self.gamma:g}"
 
     @property
@@ -39,10 +47,18 @@ class Setting:
         """The label as a file-name part."""
         if self.i1 is not None:
             return f"two_step_i1_{self.i1}_i2_{self.i2}"
+        if self.sigmas is not None:
+            return f"schedule_nfe{self.nfe}_gamma{self.gamma:.4g}_t" + "_".join(f"{t:.3g}" for t in self.sigmas)
         return f"nfe{self.nfe}_gamma{self.gamma:g}"
 
     def times(self, grid_cfg):
         """(t_steps, s_steps) of the jumps, on the config's σ range (and N-point grid for the 2-step variant)."""
+        if self.sigmas is not None:
+            if self.sigmas and not grid_cfg.sigma_min <= self.sigmas[-1] <= self.sigmas[0] <= grid_cfg.sigma_max:
+                raise ValueError(f"explicit times must lie in [sigma_min, sigma_max] = [{grid_cfg.sigma_min}, "
+                                 f"{grid_cfg.sigma_max}]; got {list(self.sigmas)}")
+            t_steps = [float(grid_cfg.sigma_max), *self.sigmas, float(grid_cfg.sigma_min)]
+            return t_steps, gamma_landings(t_steps, self.gamma)
         if self.i1 is None:
             return gamma_steps(self.nfe, self.gamma, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho)
         grid = karras_grid(grid_cfg.N, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho).tolist()

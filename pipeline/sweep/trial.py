@@ -4,8 +4,10 @@ Train V2 refuses `Tuner(TorchTrainer)`, so a trial is a small driver. It trains 
 (sweep.report_every steps apart), with `run_training` under one run name and storage, so each chunk resumes the
 run from its newest checkpoint (written at every chunk's last step). The shared evaluation actors score that
 checkpoint at the sampling setting (sweep.nfe, sweep.gamma), and the FID goes to Tune, where ASHA keeps or stops
-the trial. The Tune checkpoint is a pointer (trial.json) to the Train checkpoint, so no weights are copied and a
-restored trial continues at its next milestone.
+the trial. With sweep.schedule_trials = k > 0 it is scored at k schedules instead (that setting and k − 1 random
+draws of the schedule search's space at sweep.nfe, the same draws for every trial), and the best FID goes to Tune.
+The Tune checkpoint is a pointer (trial.json) to the Train checkpoint, so no weights are copied and a restored trial
+continues at its next milestone.
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ from pipeline.config import load_config
 from pipeline.evaluation import Setting
 from pipeline.evaluation.models import load_checkpoint_model
 from pipeline.evaluation.report import public
+from pipeline.schedule_search.space import random_schedules
 from pipeline.train import run_training
 
 TRIAL_FILE = "trial.json"
@@ -59,17 +62,26 @@ def read_pointer(checkpoint):
         return json.loads(Path(d, TRIAL_FILE).read_text())
 
 
-def score(pool, checkpoint, setting, ema_rate):
-    """The evaluation of a Train checkpoint at `setting` on one of the pool's actors. A checkpoint on local (or
-    shared) disk is read by the actor; one in object storage is loaded here and its weights sent along."""
+def score(pool, checkpoint, settings, ema_rate):
+    """The evaluations of a Train checkpoint at `settings`, spread over the pool's actors. A checkpoint on local (or
+    shared) disk is read by the actors; one in object storage is loaded here and its weights sent along once."""
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         source = checkpoint.path
     else:
         with checkpoint.as_directory() as d:
-            source = load_checkpoint_model(d, ema_rate)
-        source.info["checkpoint"] = checkpoint.path
-    result, = ray.get(pool.submit(source, [setting]))
-    return public(result)
+            model = load_checkpoint_model(d, ema_rate)
+        model.info["checkpoint"] = checkpoint.path
+        source = ray.put(model)
+    return [public(r) for batch in ray.get([pool.submit(source, [s]) for s in settings]) for r in batch]
+
+
+def schedule_note(trial_id, evaluations):
+    """The line a trial prints when it scores several schedules: the best against the fixed setting, and the cost."""
+    best, fixed = min(evaluations, key=lambda r: r["fid"]), evaluations[0]
+    extra = sum(r["seconds"] for r in evaluations[1:])
+    return (f"[schedule search] trial {trial_id} step {fixed['model']['step']}: FID {best['fid']:.4g} at "
+            f"{best['setting']['label']} (fixed {fixed['setting']['label']}: {fixed['fid']:.4g}); {len(evaluations) - 1} "
+            f"extra schedules cost {extra:.1f} s of evaluation (the fixed one {fixed['seconds']:.1f} s)")
 
 
 def pin_teacher(base, teacher):
@@ -89,15 +101,22 @@ def run_trial(params, base, pool, train_root, teacher=None):
     cfg = trial_config(pin_teacher(base, teacher), params, train_root, tune.get_context().get_trial_id())
     checkpoint = tune.get_checkpoint()
     done = read_pointer(checkpoint)["step"] if checkpoint else 0
-    setting = Setting(cfg.sweep.nfe, cfg.sweep.gamma)
-    for stop in [m for m in milestones(cfg.train.steps, cfg.sweep.report_every) if m > done]:
+    s = cfg.sweep
+    for stop in [m for m in milestones(cfg.train.steps, s.report_every) if m > done]:
+        settings = random_schedules(s.nfe, s.gamma, s.schedule_trials, [s.seed, stop], cfg.grid) \
+            if s.schedule_trials else [Setting(s.nfe, s.gamma)]
         started = time.perf_counter()
         result = run_training(chunk_config(cfg, done, stop))
         trained = time.perf_counter()
-        evaluation = score(pool, result.checkpoint, setting, cfg.eval.ema_rate)
+        evaluations = score(pool, result.checkpoint, settings, cfg.eval.ema_rate)
+        evaluation = min(evaluations, key=lambda r: r["fid"])
         metrics = {"fid": evaluation["fid"], "step": evaluation["model"]["step"],
                    "checkpoint_path": result.checkpoint.path, "train_seconds": round(trained - started, 3),
                    "eval_seconds": round(time.perf_counter() - trained, 3)}
+        if s.schedule_trials:
+            metrics.update(fid_fixed=evaluations[0]["fid"],
+                           schedule_seconds=round(sum(r["seconds"] for r in evaluations[1:]), 3))
+            print(schedule_note(tune.get_context().get_trial_id(), evaluations), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, TRIAL_FILE).write_text(json.dumps({**metrics, "evaluation": evaluation}, default=str))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

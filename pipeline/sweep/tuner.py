@@ -112,6 +112,9 @@ def run_sweep(cfg, restore=False, callbacks=(), pool=None, log=print):
     else:
         exp.write_text("config.yaml", cfg.dump())
     log(f"[sweep] {'continuing' if restoring else 'starting'} the sweep at {exp.url} ({num_trials(cfg)} trials)")
+    if s.schedule_trials:
+        log(f"[sweep] each report is the best FID of {s.schedule_trials} schedules at NFE {s.nfe}: about "
+            f"{s.schedule_trials}x the evaluation of one fixed setting; each trial prints what it cost")
     if cfg.train.teacher_mode == "cached":
         ensure_cache(cfg, log)
     train_root = f"{exp.path if filesystem is None else exp.url}/train"

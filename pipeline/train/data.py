@@ -1,12 +1,12 @@
 """Where each step's batch comes from: this worker's share of the global batch, as a dict of CPU tensors.
 
-Both modes draw as the official loop does (reference §3): one k per optimiser step with P(k) ∝ k, seeded by
+Both modes draw as the official loop does (docs/method.md §3): one k per optimiser step with P(k) ∝ k, seeded by
 (train.seed, step) so that every micro-batch and every worker of the step shares it, then n ~ U{0..N−1−k} per sample.
 - online: real images: an epoch-wise permutation of the dataset, flips, n and fresh z, x_t = x0 + t_n·z. Every draw
   is a function of (train.seed, step, global micro-batch index), so the position in the data is the step itself.
 - cached: rows of the trajectory cache (x0, label, index, n, k, x_t, x_u) from this worker's shard of the Ray Dataset
   that TorchTrainer splits across workers, read as consecutive cache epochs (k redrawn given n each epoch,
-  reference §9). A step takes its share from the rows whose k is the step's k (see CachedBatches); the position in
+  docs/method.md §9). A step takes its share from the rows whose k is the step's k (see CachedBatches); the position in
   the data is the number of rows each worker has pulled from its stream, which every checkpoint records.
 """
 
@@ -21,7 +21,7 @@ from ray.data import Datasource
 from ctm.schedule import sample_k
 from pipeline.cache import CacheDatasource
 from pipeline.datasets import apply_flips, flip_mask
-from pipeline.train.rundir import RunDir, checkpoint_dir_name
+from pipeline.train.rundir import RunDir, checkpoint_step
 from pipeline.train.step import STREAM_DATA, STREAM_K, STREAM_PERM, generator_for
 
 ROW_KEYS = ("x0", "label", "index", "n", "k", "x_t", "x_u")
@@ -101,7 +101,10 @@ class CachedBatches:
         self.cap = queue_steps * share
         position = position or {"rows": 0, "unused": 0}
         self.pulled, self.unused = position["rows"], position["unused"]
-        self.skip = max(0, self.pulled - stream_start)  # 0 only if the stream starts late (an unregistered checkpoint)
+        if self.pulled < stream_start:
+            raise RuntimeError(f"the data stream starts at row {stream_start}, past this worker's position "
+                               f"{self.pulled}: it was built for another checkpoint than the one the worker resumed")
+        self.skip = self.pulled - stream_start
         self.dtype = dtype  # x_t, x_u wait in the cache's storage dtype: lossless, half the memory for float16
         self.rows = None
         self.queues = {k: deque() for k in range(1, K + 1)}
@@ -191,12 +194,14 @@ def stream_epoch(data, num_records, world_size):
 
 
 def newest_data_position(run):
-    """(step, data position) of the newest checkpoint of a run directory that has one; (0, None) for a fresh run."""
-    for step in reversed(run.checkpoint_steps()):
-        text = run.read_text(f"{checkpoint_dir_name(step)}/{DATA_FILE}")
-        if text is not None:
-            return step, cached_position(json.loads(text))
-    return 0, None
+    """(step, data position) of the checkpoint a run resumes from: the latest that Ray Train registered in the run's
+    snapshot (the one `ray.train.get_checkpoint()` hands the workers), never a folder a kill left unregistered;
+    (0, None) for a fresh run."""
+    registered = run.registered()
+    if not registered:
+        return 0, None
+    text = run.read_text(f"{registered[-1]}/{DATA_FILE}")
+    return checkpoint_step(registered[-1]), cached_position(json.loads(text)) if text is not None else None
 
 
 def stream_rows(t, K, steps):

@@ -4,6 +4,10 @@ Rank 0 prints a progress line every train.log_every steps, keeps stats.jsonl in 
 checkpoint, writes sample grids of the first EMA (train.ema_rates[0]) at NFE 1 and 2 (γ = 0, on the config's grid).
 Every rank calls ray.train.report at each checkpoint (it is a barrier); only rank 0 passes the checkpoint directory,
 with every worker's data position in it.
+
+A non-finite loss or gradient stops the run (NonFiniteError, which Ray Train does not retry: the driver's
+StopOnNonRetryable), naming the step, its loss terms and the newest checkpoint; a state that is not finite is never
+written as a checkpoint.
 """
 
 import json
@@ -29,8 +33,8 @@ from pipeline.teachers import build_teacher
 from pipeline.train.data import (DATA_FILE, CachedBatches, OnlineBatches, cached_position, stream_epoch,
                                  worker_positions)
 from pipeline.train.rundir import RunDir, checkpoint_dir_name
-from pipeline.train.state import build_state, load_weights, resume, state_parts
-from pipeline.train.step import CTMStep, is_discriminator_step
+from pipeline.train.state import build_state, load_weights, nonfinite_parts, resume, state_parts
+from pipeline.train.step import CTMStep, NonFiniteError, is_discriminator_step
 from pipeline.train.teacher_start import load_teacher_start
 
 SAMPLE_GRID = 64
@@ -152,7 +156,17 @@ def data_position(source, step, world_size, device):
     return {"mode": "cached", "workers": [{"rows": int(w[0]), "unused": int(w[1])} for w in workers]}
 
 
-def report(state, cfg, source, metrics, rank, world_size, device):
+def finite_parts(state):
+    """The state's checkpoint parts; NonFiniteError when any holds a NaN or an infinity (every rank holds the same
+    state, so every rank stops here together)."""
+    parts = state_parts(state)
+    bad = nonfinite_parts(parts)
+    if bad:
+        raise NonFiniteError(f"step {state.step}: non-finite values in {bad} after the update; no checkpoint written")
+    return parts
+
+
+def report(state, parts, cfg, source, metrics, rank, world_size, device):
     """ray.train.report on every rank; rank 0 hands over the checkpoint directory (checkpoint.pt, and the data
     position again in data.json for the driver) and waits until Ray Train has registered it in the run's snapshot
     (else a worker dying right after would lose it: the controller collects reports by polling)."""
@@ -160,13 +174,21 @@ def report(state, cfg, source, metrics, rank, world_size, device):
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_checkpoint(tmp, **state_parts(state), config=cfg.to_dict(), data=data,
+            save_checkpoint(tmp, **parts, config=cfg.to_dict(), data=data,
                             rng={"train_seed": cfg.train.seed, "step": state.step})
             Path(tmp, DATA_FILE).write_text(json.dumps(data))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
     if rank == 0:
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+
+
+def stopped(error, run, newest):
+    """The NonFiniteError that ends the run: the step's own message, the newest checkpoint and what to do."""
+    where = f"{run.url}/{newest}" if newest else "none (the run has no checkpoint yet)"
+    return NonFiniteError(f"{error}. Nothing of this step was applied or saved; the newest good checkpoint is {where}. "
+                          "A retry computes the same step again: change what made the run diverge (train.lr, "
+                          "train.lr_d, ...) and rerun to continue from that checkpoint")
 
 
 def train_loop_per_worker(config):
@@ -205,20 +227,26 @@ def train_loop_per_worker(config):
     if rank == 0:
         say(f"[train] {how}; {world_size} worker(s) on {device}; run directory {run.url}")
     stats = {}
-    while state.step < t.steps:
-        maybe_fail(cfg, run, state.step, rank)
-        d_step = is_discriminator_step(state.step, t.gan_start)
-        stats.update(step_fn(state, source(state.step)))
-        state.step += 1
-        if rank == 0:
-            log.step(state.step, stats, state.opt_G.param_groups[0]["lr"],
-                     state.opt_D.param_groups[0]["lr"] if state.opt_D else 0.0, device)
-        if state.step % t.checkpoint_every == 0 or state.step == t.steps:
-            started = time.perf_counter()
+    newest = checkpoint_dir_name(state.step) if ray.train.get_checkpoint() is not None else None  # newest good one
+    try:
+        while state.step < t.steps:
+            maybe_fail(cfg, run, state.step, rank)
+            d_step = is_discriminator_step(state.step, t.gan_start)
+            stats.update(step_fn(state, source(state.step)))
+            state.step += 1
             if rank == 0:
-                write_samples(state, run, kwargs["label_dim"], device, cfg.grid)
-                log.flush()
-            report(state, cfg, source, {"step": state.step, "kind": "D" if d_step else "G", **stats}, rank,
-                   world_size, device)
-            if rank == 0:
-                log.pause(time.perf_counter() - started)
+                log.step(state.step, stats, state.opt_G.param_groups[0]["lr"],
+                         state.opt_D.param_groups[0]["lr"] if state.opt_D else 0.0, device)
+            if state.step % t.checkpoint_every == 0 or state.step == t.steps:
+                started = time.perf_counter()
+                parts = finite_parts(state)
+                if rank == 0:
+                    write_samples(state, run, kwargs["label_dim"], device, cfg.grid)
+                    log.flush()
+                report(state, parts, cfg, source, {"step": state.step, "kind": "D" if d_step else "G", **stats}, rank,
+                       world_size, device)
+                newest = checkpoint_dir_name(state.step)
+                if rank == 0:
+                    log.pause(time.perf_counter() - started)
+    except NonFiniteError as e:
+        raise stopped(e, run, newest) from None

@@ -1,25 +1,34 @@
 """The run directory <train.storage_path>/<train.run_name> on a local disk or any fsspec URL (s3://, gs://, ...).
 
 Ray Train writes `checkpoint_<step>/` folders and its `checkpoint_manager_snapshot.json` there; the run adds
-`config.yaml`, `stats.jsonl` and `samples/`.
+`config.yaml`, `stats.jsonl` and `samples/`. The snapshot is the one source of truth for where the run is: a rerun
+resumes from its latest registered checkpoint, whatever other `checkpoint_*` folders a kill left on disk (a folder
+persisted but never registered is written again when the run reaches its step).
 """
 
+import json
 import re
 
-import fsspec
 import pyarrow.fs
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.storage_errors import url_to_fs
+
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of registered checkpoints
 
 
 def checkpoint_dir_name(step):
     return f"checkpoint_{step:07d}"
 
 
+def checkpoint_step(name):
+    return int(CHECKPOINT_DIR.match(name).group(1))
+
+
 class RunDir:
     def __init__(self, storage_path, run_name, storage_options=None):
-        self.fs, root = fsspec.core.url_to_fs(storage_path, **(storage_options or {}))
+        self.fs, root = url_to_fs(storage_path, **(storage_options or {}))
         self.root = root.rstrip("/")
         self.path = f"{self.root}/{run_name}"
         self.url = f"{storage_path.rstrip('/')}/{run_name}"
@@ -50,9 +59,44 @@ class RunDir:
         self.fs.makedirs(self.full(name).rsplit("/", 1)[0], exist_ok=True)
         self.fs.put_file(local_file, self.full(name))
 
-    def checkpoint_steps(self):
-        """Steps of the checkpoint folders present, ascending (any state of registration by Ray)."""
-        if not self.fs.exists(self.path):
+    def registered(self):
+        """Names of the checkpoints Ray Train has registered, oldest first: the last is the one a rerun resumes from
+        (its snapshot's latest). [] for a run without checkpoints."""
+        text = self.read_text(SNAPSHOT)
+        if text is None:
             return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False)]
-        return sorted(int(m.group(1)) for m in map(CHECKPOINT_DIR.match, names) if m)
+        try:
+            snapshot = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{self.url}/{SNAPSHOT} is not readable ({e}): Ray Train cannot resume the run from it. "
+                             "Move it aside to train the run again from step 0 (its checkpoints stay; "
+                             "train.init_checkpoint=<one of them> starts a new run from one)") from None
+        order = sorted(zip(snapshot["checkpoint_report_indices"], snapshot["checkpoint_results"]), key=lambda p: p[0])
+        return [r["checkpoint_dir_name"] for _, r in order]  # no score attribute: the latest is the last reported
+
+    def unregister(self, names):
+        """Rewrite Ray Train's snapshot without the checkpoints `names`: its latest becomes the newest one left."""
+        snapshot = json.loads(self.read_text(SNAPSHOT))
+        kept = [(r, i) for r, i in zip(snapshot["checkpoint_results"], snapshot["checkpoint_report_indices"])
+                if r["checkpoint_dir_name"] not in names]
+        snapshot["checkpoint_results"] = [r for r, _ in kept]
+        snapshot["checkpoint_report_indices"] = [i for _, i in kept]
+        snapshot["latest_checkpoint_result"] = max(kept, key=lambda p: p[1])[0] if kept else None
+        pending = [(r, v) for r, v in zip(snapshot["pending_training_results"], snapshot["pending_validation_specs"])
+                   if r["checkpoint_dir_name"] not in names]
+        snapshot["pending_training_results"] = [r for r, _ in pending]
+        snapshot["pending_validation_specs"] = [v for _, v in pending]
+        for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                    "failed_validation_checkpoint_dir_names"):
+            snapshot[key] = [n for n in snapshot.get(key, []) if n not in names]
+        self.write_text(SNAPSHOT, json.dumps(snapshot))
+
+    def move_aside(self, name):
+        """Rename folder `name` to damaged_<name> (damaged_<name>.2, ... if taken); returns the new name. Nothing is
+        deleted: a damaged checkpoint stays for inspection."""
+        aside, n = f"damaged_{name}", 1
+        while self.exists(aside):
+            n += 1
+            aside = f"damaged_{name}.{n}"
+        self.fs.mv(self.full(name), self.full(aside), recursive=True)
+        return aside

@@ -1,6 +1,6 @@
 """What a training run carries from step to step: G, its target θ⁻ and evaluation EMAs, D, both optimisers, the step.
 
-Built from the config and the teacher (reference §1, §3): the student is the teacher's EDM or ADM network plus the
+Built from the config and the teacher (docs/method.md §1, §3): the student is the teacher's EDM or ADM network plus the
 s-path (`student_from_teacher`) or the tiny DDPM++ for the digits mixture teacher; θ⁻ and every EMA start as copies of
 G; G uses RAdam (no weight decay, no LR decay), D RAdam with betas (0.5, 0.9).
 """
@@ -92,11 +92,23 @@ def state_parts(state):
     }
 
 
+def nonfinite_parts(parts):
+    """Names of the checkpoint parts whose tensors (weights, optimiser moments) hold a NaN or an infinity; plain
+    numbers are settings (σ_max = ∞ is one)."""
+    def finite(x):
+        if isinstance(x, torch.Tensor):
+            return not x.is_floating_point() or bool(x.isfinite().all())
+        if isinstance(x, dict):
+            return all(finite(v) for v in x.values())
+        return not isinstance(x, (list, tuple)) or all(finite(v) for v in x)
+    return [name for name, x in parts.items() if not finite(x)]
+
+
 def load_weights(state, parts, target="target"):
     """Student, target θ⁻ and every EMA from a checkpoint's parts (a rate the checkpoint lacks starts from its G).
 
     target: "target" takes θ⁻ from the checkpoint's θ⁻; "ema_<rate>" from its EMA at that rate, as the official loop
-    resets θ⁻ to the 0.999 EMA when a run starts from another run's checkpoint (reference §3, train.init_target).
+    resets θ⁻ to the 0.999 EMA when a run starts from another run's checkpoint (docs/method.md §3, train.init_target).
     """
     ours, theirs = ({k: v for k, v in kw.items() if k != "dropout"} for kw in (unwrap(state.G).init_kwargs,
                                                                                  parts["student_kwargs"]))

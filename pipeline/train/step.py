@@ -1,4 +1,4 @@
-"""One optimiser step as the official `CMTrainLoop` takes it (reference §3).
+"""One optimiser step as the official `CMTrainLoop` takes it (docs/method.md §3).
 
 A worker's share of the global batch is cut into micro-batches; each micro-batch's loss is its mean (adaptive λ's
 per micro-batch), and the gradients of all micro-batches of the global batch are summed: each worker back-propagates
@@ -13,6 +13,8 @@ the distance d (the official LPIPS runs in fp32), the adaptive λ's, the DSM wei
 Every random draw of a micro-batch (s, the DSM σ and noise, dropout and DiffAugment) comes from seeds made of
 (train.seed, step, global micro-batch index), so a resumed run redraws exactly what it would have drawn, and one
 worker sees the same draws as two workers sharing the same global batch.
+
+A step whose loss terms or gradients are not finite raises NonFiniteError before its update (the loop stops there).
 """
 
 import contextlib
@@ -29,6 +31,18 @@ from ctm.training import discriminator_objective, ema_update, generator_objectiv
 from pipeline.train.state import unwrap
 
 STREAM_DATA, STREAM_STEP, STREAM_TORCH, STREAM_K, STREAM_PERM = range(5)
+
+
+class NonFiniteError(ValueError):
+    """A step whose loss or gradient is not finite (or a state that is not, at a checkpoint): the run stops there.
+    Every draw is seeded, so a retry would compute the same step again; Ray Train does not retry it."""
+
+
+def nonfinite_gradients(modules):
+    """Whether any gradient of `modules` holds a NaN or an infinity (by the largest magnitude, which unlike the 2-norm
+    cannot overflow while every gradient is finite)."""
+    grads = [p.grad for m in modules if m is not None for p in m.parameters() if p.grad is not None]
+    return bool(grads) and not torch.stack(torch._foreach_norm(grads, math.inf)).max().isfinite().item()
 
 
 def seed_for(*keys):
@@ -131,6 +145,7 @@ class CTMStep:
                 (loss * self.world_size).backward()
             for key, v in stats.items():
                 totals[key] = totals.get(key, 0.0) + v / len(chunks)
+        self.check_finite(state, totals, d_step)
         if d_step:
             state.opt_D.step()
         else:
@@ -142,6 +157,15 @@ class CTMStep:
             for rate, ema in state.emas.items():
                 ema_update(ema, G, rate)
         return totals
+
+    def check_finite(self, state, totals, d_step):
+        """NonFiniteError before the update when a loss term or a gradient (summed over workers) is not finite: nothing
+        of the step is applied."""
+        bad = [key for key, v in totals.items() if not math.isfinite(v)]
+        if bad or nonfinite_gradients([state.D if d_step else state.G]):
+            what = "loss" if bad else f"gradient of {'D' if d_step else 'G'}"
+            terms = ", ".join(f"{key} {v:.4g}" for key, v in totals.items())
+            raise NonFiniteError(f"step {state.step}: non-finite {what} ({terms})")
 
     def no_sync(self, state, last):
         """Accumulate locally on all but the last micro-batch; DDP all-reduces on the last backward."""

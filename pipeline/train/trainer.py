@@ -3,35 +3,120 @@ storage, checkpoint retention and failure budget.
 
 Resuming: Train V2 keeps `checkpoint_manager_snapshot.json` in <storage_path>/<run_name>; a new `fit()` with the same
 RunConfig(name, storage_path) loads it and hands its newest checkpoint to `ray.train.get_checkpoint()`, so rerunning
-the same command continues the run. Restarts within train.max_failures do the same inside one `fit()`.
+the same command continues the run. Restarts within train.max_failures do the same inside one `fit()`. Before
+`fit()`, the driver checks the registered checkpoints newest first against their digests and takes every damaged one
+out of the snapshot (its folder moved aside), so Ray, the data stream and the workers all resume from the newest
+checkpoint that verifies.
 """
 
 import copy
+import os
 
 import ray
 import ray.data
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipeline.cache import DamagedShardError, format_report, open_cache
-from pipeline.checkpoint import checkpoint_file
-from pipeline.config import ConfigError
-from pipeline.datasets import check_dataset
+from pipeline.cache import DamagedShardError, damaged_error, open_cache
+from pipeline.checkpoint import CHECKPOINT_FILE, DamagedCheckpointError, verify_checkpoint
+from pipeline.config import ConfigError, load_config
 from pipeline.resources import pool_request
-from pipeline.teachers import build_teacher, teacher_image_shape
 from pipeline.train.data import CacheEpochs
+from pipeline.train.inputs import Checks, training_inputs
 from pipeline.train.loop import train_loop_per_worker
-from pipeline.train.rundir import RunDir
-from pipeline.train.state import student_kwargs
+from pipeline.train.rundir import RunDir, checkpoint_step
+from pipeline.train.step import NonFiniteError
 from pipeline.train.teacher_start import needs_regression, teacher_start
+
+LOCAL_PATHS = ("teacher.path", "data.path", "cache.root", "train.storage_path", "train.init_checkpoint",
+               "train.lpips_vgg_path", "train.lpips_lin_path")  # and every train.discriminator_weights value
+NON_RETRYABLE = (NonFiniteError, DamagedCheckpointError, DamagedShardError)  # a retry meets them again
+
+
+def absolute_paths(cfg):
+    """cfg with every local path that workers open made absolute on the driver (URLs stay as they are): Ray Train V2
+    runs each worker in a working directory of its own, where a relative path names other files."""
+    tree = cfg.to_dict()
+    absolute = lambda p: p if p is None or "://" in p else os.path.abspath(os.path.expanduser(p))
+    for key in LOCAL_PATHS:
+        section, name = key.split(".")
+        tree[section][name] = absolute(tree[section][name])
+    tree["train"]["discriminator_weights"] = {k: absolute(v) for k, v in tree["train"]["discriminator_weights"].items()}
+    return load_config(base=tree)
+
+
+def carried(error):
+    """The NON_RETRYABLE error inside Ray Train's and Ray Data's wrappers of a worker's exception (`_base_exc`,
+    `cause`, `worker_failures`, `controller_failure`, `__cause__`), or None. A DamagedShardError comes with its own
+    line only (Ray Data appends lines of retry advice to the message of an error its read task raised)."""
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e) is DamagedShardError:
+            return DamagedShardError(str(e).split("\n", 1)[0])
+        if type(e) in NON_RETRYABLE:
+            return e
+        stack += [getattr(e, name, None) for name in ("__context__", "__cause__", "_base_exc", "controller_failure",
+                                                      "cause")]
+        stack += list(getattr(e, "worker_failures", {}).values())
+    return None
+
+
+class StopOnNonRetryable(UserCallback):
+    """RunConfig(callbacks=[StopOnNonRetryable()]): a worker error that a retry would meet again (a non-finite step,
+    a damaged checkpoint, a damaged shard) stops the run without spending train.max_failures. Train V2's failure policy retries every
+    worker error, but one that a callback raises on the controller becomes a ControllerError, which it never retries."""
+
+    def after_exception(self, run_context, worker_exceptions):
+        for error in worker_exceptions.values():
+            cause = carried(error)
+            if cause is not None:
+                raise cause
+
+
+def resume_point(run, log=print):
+    """The name of the registered checkpoint the run resumes from (None: a fresh run).
+
+    The registered checkpoints are verified newest first (digest, or CRC-32s for one written before digests); each
+    damaged one is moved aside (damaged_<name>, never deleted) and dropped from Ray Train's snapshot, with one line
+    saying so. DamagedCheckpointError, changing nothing, when none verifies.
+    """
+    damaged = []
+    for name in reversed(run.registered()):
+        problem = verify_checkpoint(run.full(f"{name}/{CHECKPOINT_FILE}"), run.fs) if run.exists(name) else \
+            "its folder is missing"
+        if problem is None:
+            break
+        damaged.append((name, problem))
+    else:
+        if damaged:
+            raise DamagedCheckpointError(
+                f"no checkpoint of the run {run.url} verifies: " + "; ".join(f"{n}: {p}" for n, p in damaged) +
+                "; nothing was changed. Start a new run (another train.run_name), or remove the run directory's "
+                "checkpoint_manager_snapshot.json to train this one again from step 0")
+        return None
+    # folders are moved before the snapshot is rewritten: after a kill in between, the next start finds them missing
+    for bad, problem in damaged:
+        done = f"moved aside to {run.move_aside(bad)}" if run.exists(bad) else "dropped"
+        log(f"[train] {bad} is damaged ({problem}); {done}; resuming from {name}")
+    run.unregister([bad for bad, _ in damaged])
+    return name
 
 
 def check_cache(cfg):
-    """The config's cache, refused when built for another config (CacheMismatchError), damaged or unusable."""
+    """The config's cache, refused when built for another config (CacheMismatchError), damaged or unusable.
+
+    Damage is looked for by the quick check (object lists and sizes, the sha256 of every shard's metadata and 1-D
+    arrays); the chunks of states and x0 are checked as the workers read them, and StopOnNonRetryable ends the run
+    at the first damaged one.
+    """
     cache = open_cache(cfg.cache.root, cfg)
     report = cache.verify(full=False)
     if report["damaged"]:
-        raise DamagedShardError(format_report(cache, report))
+        raise damaged_error(cache.url, report["damaged"])
     if cache.num_records < cfg.train.batch_size:
         raise ConfigError(f"config key 'train.batch_size': the global batch {cfg.train.batch_size} is larger than the "
                           f"cache's {cache.num_records} records; generate more (cache.num_records) or lower it")
@@ -41,24 +126,21 @@ def check_cache(cfg):
     return cache
 
 
+def check_training_inputs(cfg, cache=True):
+    """The half of preflight that needs no Ray (jobs.train runs it before Ray starts): the teacher, its student, the
+    dataset (online mode), the weights files, train.init_checkpoint, then (cache=True, cached mode) the trajectory
+    cache. The bad inputs found are raised at once (pipeline.train.inputs.InputError for several). Returns (teacher,
+    student kwargs, the cache or None)."""
+    checks = Checks()
+    teacher, kwargs = training_inputs(cfg, checks, dataset=cfg.train.teacher_mode == "online")
+    checks.raise_errors()
+    return teacher, kwargs, check_cache(cfg) if cache and cfg.train.teacher_mode == "cached" else None
+
+
 def preflight(cfg, log=print):
     """Everything that can be refused before a worker starts. Returns (train_loop_config, datasets)."""
-    teacher = build_teacher(cfg)
-    kwargs = student_kwargs(cfg, teacher)
-    if kwargs["label_dim"] and not cfg.data.use_labels:
-        raise ConfigError(f"config key 'data.use_labels': the student is class-conditional ({kwargs['label_dim']} "
-                          "labels, like its teacher); set data.use_labels=true")
-    num_records, datasets = None, {}
-    if cfg.train.teacher_mode == "online":
-        shape = tuple(check_dataset(cfg.data)["image_shape"])
-        if shape != teacher_image_shape(teacher):
-            raise ConfigError(f"config key 'data.name': images of {cfg.data.name} are {shape}, the teacher's "
-                              f"{teacher_image_shape(teacher)}")
-    else:
-        cache = check_cache(cfg)
-        num_records, datasets = cache.num_records, {"train": CacheEpochs(cfg, cache)}
-    if cfg.train.init_checkpoint and "://" not in cfg.train.init_checkpoint:
-        checkpoint_file(cfg.train.init_checkpoint)
+    teacher, kwargs, cache = check_training_inputs(cfg)
+    num_records, datasets = (None, {}) if cache is None else (cache.num_records, {"train": CacheEpochs(cfg, cache)})
     start = teacher_start(cfg, teacher, kwargs, log) if needs_regression(cfg, teacher) else None
     return {"cfg": cfg.to_dict(), "student_kwargs": kwargs, "num_records": num_records, "teacher_start": start}, datasets
 
@@ -79,7 +161,8 @@ def build_trainer(cfg, loop_config, datasets):
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=t.run_name, storage_path=storage_path, storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             callbacks=[StopOnNonRetryable()]),
         datasets=datasets,
         dataset_config=DataConfig(execution_options=ordered),
     )
@@ -88,12 +171,21 @@ def build_trainer(cfg, loop_config, datasets):
 def run_training(cfg, log=print):
     """Train (or continue) the run <train.storage_path>/<train.run_name>; returns Ray Train's Result.
 
-    Raises before any step for bad input; ray.train.TrainingFailedError when workers failed more than
-    train.max_failures times.
+    Relative local paths are resolved here, against the driver's working directory. Raises before any step for bad
+    input; DamagedCheckpointError when no registered checkpoint of the run verifies; NonFiniteError when a step's loss
+    or gradient was not finite; ray.train.TrainingFailedError when workers failed more than train.max_failures times.
     """
+    cfg = absolute_paths(cfg)
     loop_config, datasets = preflight(cfg, log)
     run = RunDir(cfg.train.storage_path, cfg.train.run_name, cfg.train.storage_options)
-    done = run.checkpoint_steps()
-    log(f"[train] run directory {run.url}" + (f" (continuing; newest checkpoint at step {done[-1]})" if done else ""))
+    resumed = resume_point(run, log)
+    log(f"[train] run directory {run.url}" +
+        (f" (continuing from {resumed}, step {checkpoint_step(resumed)})" if resumed else ""))
     run.write_text("config.yaml", cfg.dump())
-    return build_trainer(cfg, loop_config, datasets).fit()
+    try:
+        return build_trainer(cfg, loop_config, datasets).fit()
+    except ray.train.TrainingFailedError as e:
+        cause = carried(e)
+        if cause is not None:
+            raise cause from None
+        raise

@@ -1,6 +1,8 @@
-"""Sweeps of sampling schedules on finished checkpoints: NFE × γ and 2-step (i1, i2), scored by the evaluation actors.
+"""The schedule sweep: a fixed grid of sampling settings (eval.schedule_nfe × eval.schedule_gammas and the 2-step
+pairs eval.schedule_two_step) scored on finished checkpoints by the evaluation actors.
 
-Sampling settings never touch training: a sweep only loads checkpoints and samples from them.
+Sampling settings never touch training: the schedule sweep only loads checkpoints and samples from them. (The Tune
+"sweep" is jobs.sweep over training keys; the Tune "schedule search" is jobs.sweep_schedule.)
 """
 
 import json
@@ -10,13 +12,9 @@ from .report import by_model, fid_curves, fid_table, measured_on, public, slug
 from .settings import gamma_settings, two_step_settings
 
 
-def sweep_settings(eval_cfg):
-    return gamma_settings(eval_cfg.sweep_nfe, eval_cfg.sweep_gammas) + two_step_settings(eval_cfg.sweep_two_step)
-
-
-def run_gamma_sweep(pool, checkpoints, settings):
-    """Every (checkpoint, setting) on the pool's actors; the list of results."""
-    return pool.evaluate(checkpoints, settings)["results"]
+def schedule_sweep_settings(eval_cfg):
+    e = eval_cfg
+    return gamma_settings(e.schedule_nfe, e.schedule_gammas) + two_step_settings(e.schedule_two_step)
 
 
 def best_per_nfe(results):
@@ -48,19 +46,20 @@ def plot_fid_vs_gamma(results, path, title=""):
     plt.close(fig)
 
 
-def write_sweep_report(results, out, config=None):
-    """sweep.json, sweep.md (a table and the best setting per NFE for each checkpoint) and sweep_<checkpoint>.png."""
+def write_schedule_sweep_report(results, out, config=None):
+    """schedule_sweep.json, schedule_sweep.md (a table and the best setting per NFE for each checkpoint) and
+    schedule_sweep_<i>_<checkpoint>.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Sampling-schedule sweep (no training)", "", *measured_on(results[0]), ""]
+    lines = ["# Schedule sweep (no training)", "", *measured_on(results[0]), ""]
     for i, (label, group) in enumerate(by_model(results).items()):
-        plot = out / f"sweep_{i}_{slug(label)}.png"
+        plot = out / f"schedule_sweep_{i}_{slug(label)}.png"
         plot_fid_vs_gamma(group, plot, label)
         lines += [f"## {label}", "", *fid_table(group), "", "Best setting per NFE:", ""]
         lines += [f"- NFE {n}: {r['setting']['label']}, FID {r['fid']:.4g}" for n, r in best_per_nfe(group).items()]
         lines += ["", f"![FID against γ]({plot.name})", ""]
-    report = out / "sweep.md"
+    report = out / "schedule_sweep.md"
     report.write_text("\n".join(lines))
-    (out / "sweep.json").write_text(json.dumps({"results": [public(r) for r in results], "config": config},
+    (out / "schedule_sweep.json").write_text(json.dumps({"results": [public(r) for r in results], "config": config},
                                                indent=2, default=str))
     return report
