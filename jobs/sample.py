@@ -46,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--two-step", type=int, nargs=2, metavar=("I1", "I2"),
                    help="the 2-step sampler on the run's grid instead of γ-sampling, 0 < I2 <= I1 < N-1")
     p.add_argument("--schedule", choices=["best"],
-                   help="with --checkpoint: the best searched schedule at --nfe (default 2) from its schedules.json")
+                   help="the best searched schedule at --nfe (default 2): from the checkpoint's schedules.json, or "
+                        "the schedules an export carries")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents, labels and renoising noise")
     p.add_argument("--labels", type=int, nargs="+", metavar="CLASS",
                    help="class-conditional students: one class for every image, or one per image (default: random)")
@@ -75,16 +76,17 @@ def check_args(args):
         raise SampleError("--ema-rate picks an EMA of a checkpoint; an export holds one already (drop --ema-rate)")
     if args.two_step and (args.nfe not in (None, 2) or args.gamma is not None):
         raise SampleError("--two-step is the 2-step sampler (NFE 2, no γ): drop --nfe and --gamma")
-    if args.schedule and (not args.checkpoint or args.gamma is not None or args.two_step):
-        raise SampleError("--schedule best reads schedules.json beside a --checkpoint and sets γ and the times: "
-                          "pass --checkpoint and drop --gamma and --two-step")
+    if args.schedule and (args.gamma is not None or args.two_step):
+        raise SampleError("--schedule best sets γ and the times (from the checkpoint's schedules.json, or those an "
+                          "export carries): drop --gamma and --two-step")
     if args.labels and len(args.labels) not in (1, args.num):
         raise SampleError(f"--labels takes one class for every image or one per image ({args.num}), "
                           f"got {len(args.labels)}")
 
 
-def schedule(args, grid):
-    """(t_steps, s_steps, description) of the jumps on the run's grid {N, sigma_min, sigma_max, rho}."""
+def schedule(args, info):
+    """(t_steps, s_steps, description) of the jumps on the run's grid info["grid"] = {N, sigma_min, sigma_max, rho}."""
+    grid = info["grid"]
     if args.two_step:
         i1, i2 = args.two_step
         if not 0 < i2 <= i1 < grid["N"] - 1:
@@ -93,10 +95,18 @@ def schedule(args, grid):
         t = karras_grid(grid["N"], grid["sigma_min"], grid["sigma_max"], grid["rho"]).tolist()
         return [t[0], t[i2], t[-1]], [t[i1], t[-1]], f"2-step i1={i1} i2={i2}"
     if args.schedule:
-        try:
-            entry = best_schedule(args.checkpoint, args.nfe or 2)
-        except ValueError as e:
-            raise SampleError(str(e)) from None
+        nfe = args.nfe or 2
+        if args.export:
+            entry = info.get("schedules", {}).get(str(nfe))
+            if entry is None:
+                raise SampleError(f"{args.export} carries searched schedules for NFE "
+                                  f"{sorted(int(n) for n in info.get('schedules', {}))}, not {nfe}: search one on its "
+                                  "checkpoint (python -m jobs.sweep_schedule) and export it again")
+        else:
+            try:
+                entry = best_schedule(args.checkpoint, nfe)
+            except ValueError as e:
+                raise SampleError(str(e)) from None
         return entry["t_steps"], entry["s_steps"], f"searched schedule NFE {entry['nfe']} γ={entry['gamma']:.4g}"
     nfe, gamma = args.nfe or 1, args.gamma or 0.0
     if nfe < 1 or not 0 <= gamma <= 1:
@@ -165,7 +175,7 @@ def main(argv=None):
     try:
         check_args(args)
         G, info = load(args)
-        t_steps, s_steps, setting = schedule(args, info["grid"])
+        t_steps, s_steps, setting = schedule(args, info)
         labels = class_labels(args, G.label_dim)
         images = generate(G, t_steps, s_steps, args.num, labels, args.seed, args.batch_size, args.device)
         write(args.out, images, labels)

@@ -13,6 +13,7 @@ warning once the CRC-32s of its zip records pass.
 """
 
 import hashlib
+import json
 import os
 import posixpath
 import tempfile
@@ -28,6 +29,7 @@ from pipeline.config import load_config
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DIGEST_FILE = "checkpoint.sha256"
+SCHEDULES_FILE = "schedules.json"  # the best searched sampling schedule per NFE (pipeline/evaluation/schedules.py)
 PARTS = ("step", "config", "student_kwargs", "student", "target", "ema", "discriminator", "opt_G", "opt_D", "rng",
          "data")
 
@@ -110,6 +112,18 @@ def verify_checkpoint(file, fs=None):
     what is wrong with it."""
     problem = checkpoint_problem(file, fs)
     return legacy_problem(file, fs) if problem == "no digest" else problem
+
+
+def schedules_path(checkpoint):
+    return checkpoint_file(checkpoint).parent / SCHEDULES_FILE
+
+
+def read_schedules(checkpoint):
+    """{NFE (int): entry} of the schedules.json beside a checkpoint; {} when no schedule search has written one."""
+    path = schedules_path(checkpoint)
+    if not path.is_file():
+        return {}
+    return {int(nfe): entry for nfe, entry in json.loads(path.read_text()).items()}
 
 
 def load_checkpoint(path, map_location="cpu", mmap=False):

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ctm.student import CTMPrecond
-from pipeline.checkpoint import DIGEST_FILE, checkpoint_file, load_checkpoint, sha256
+from pipeline.checkpoint import DIGEST_FILE, checkpoint_file, load_checkpoint, read_schedules, sha256
 from pipeline.config import GridConfig
 
 VERSION = 1
@@ -104,6 +104,8 @@ def export_student(checkpoint, ema_rate=0.999, out=None):
     os.close(fd)
     try:
         info["checkpoint_sha256"] = checkpoint_sha256(checkpoint_file(checkpoint))
+        info["schedules"] = {str(nfe): entry for nfe, entry in read_schedules(checkpoint).items()
+                             if float(entry["ema_rate"]) == float(ema_rate)}  # searched for these weights
         tensors = {k: v.contiguous() for k, v in state.items()}
         save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in info.items()})
         os.replace(tmp, out)

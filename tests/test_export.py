@@ -86,7 +86,8 @@ def test_export_holds_the_chosen_ema_bit_for_bit_and_its_configuration(checkpoin
     assert info == {"ctm_export_version": 1, "student_kwargs": json.loads(json.dumps(parts["student_kwargs"])),
                     "ema_rate": 0.999, "grid": GRID, "step": 11, "dataset": "digits",
                     "checkpoint": "digits/checkpoint_0000011",
-                    "checkpoint_sha256": hashlib.sha256((checkpoint / "checkpoint.pt").read_bytes()).hexdigest()}
+                    "checkpoint_sha256": hashlib.sha256((checkpoint / "checkpoint.pt").read_bytes()).hexdigest(),
+                    "schedules": {}}
     with safe_open(out, framework="pt") as f:
         metadata = f.metadata()
     assert {k: json.loads(v) for k, v in metadata.items()} == info == read_export_info(out)
@@ -270,3 +271,22 @@ def test_sampling_reads_only_the_student(tmp_path):
     result = json.loads(stdout.splitlines()[-1])
     assert result["code"] == 0 and result["modules"] == []
     assert result["grown_mib"] < 32, result
+
+
+def test_an_export_carries_the_searched_schedules_of_its_weights(checkpoint, tmp_path, capsys):
+    """schedules.json beside the checkpoint goes into the export (entries searched with the exported EMA only), and
+    `--schedule best` samples it from either source alike."""
+    from ctm.sampling import gamma_steps
+    t_steps, s_steps = gamma_steps(2, 0.6, 0.004, 40.0, 7.0)
+    entry = {"nfe": 2, "gamma": 0.6, "sigmas": [t_steps[1]], "fid": 0.5, "ema_rate": 0.999, "features": "digits",
+             "num_samples": 100, "seed": 0, "t_steps": list(t_steps), "s_steps": list(s_steps), "search": {}}
+    other = {**entry, "nfe": 3, "ema_rate": 0.9999}
+    (Path(checkpoint) / "schedules.json").write_text(json.dumps({"2": entry, "3": other}))
+    exported, info = export_student(checkpoint, 0.999, tmp_path / "student.safetensors")
+    assert list(read_export_info(exported)["schedules"]) == ["2"]
+    a = sample(capsys, ["--checkpoint", str(checkpoint)], tmp_path / "a.npz", "--num", "4", "--schedule", "best")
+    b = sample(capsys, ["--export", str(exported)], tmp_path / "b.npz", "--num", "4", "--schedule", "best")
+    assert np.array_equal(a["images"], b["images"])
+    assert sample_main(["--export", str(exported), "--out", str(tmp_path / "c.npz"), "--schedule", "best",
+                        "--nfe", "3"]) == 2
+    assert "carries searched schedules for NFE [2], not 3" in one_error_line(capsys)

@@ -10,24 +10,11 @@ A schedule search (`python -m jobs.sweep_schedule`) writes it; `jobs.evaluate --
 
 import json
 
-from pipeline.checkpoint import checkpoint_file
+from pipeline.checkpoint import SCHEDULES_FILE, checkpoint_file, read_schedules, schedules_path
 
 from .settings import Setting
 
-SCHEDULES_FILE = "schedules.json"
 COMPARABLE = ("ema_rate", "features", "num_samples", "seed")  # FIDs measured alike compare; others do not
-
-
-def schedules_path(checkpoint):
-    return checkpoint_file(checkpoint).parent / SCHEDULES_FILE
-
-
-def read_schedules(checkpoint):
-    """{NFE (int): entry} of a checkpoint; {} when no schedule search has written one."""
-    path = schedules_path(checkpoint)
-    if not path.is_file():
-        return {}
-    return {int(nfe): entry for nfe, entry in json.loads(path.read_text()).items()}
 
 
 def schedule_entry(result, search=None):
