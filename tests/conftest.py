@@ -47,6 +47,10 @@ SKIP = {".git", ".venv", ".pytest_cache", "__pycache__", ".devpack"}
 
 
 def pytest_configure(config):
+    import os
+    import tempfile
+    # dataset and teacher digests are remembered per machine (pipeline/memo.py): tests keep theirs to themselves
+    os.environ["CTM_DIGEST_CACHE"] = tempfile.mkdtemp(prefix="ctm-digests-")
     config.addinivalue_line("markers", "own_ray_cluster: starts its own Ray head node; runs last, alone")
     config.addinivalue_line("markers", "ray: runs on a Ray cluster (set for every test that uses one)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds (every Ray test, and those marked)")

@@ -81,8 +81,10 @@ def test_kills_at_random_moments_then_a_rerun_give_the_bytes_of_an_uninterrupted
         try:
             deadline = time.time() + 300
             while time.time() < deadline and proc.poll() is None and len(committed(root)[1]) <= seen:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0, 0.5))
+                time.sleep(0.01)
+            moment = time.time() + rng.uniform(0, 0.3)  # a random moment after the commit, unless the end comes near
+            while time.time() < moment and len(committed(root)[1]) < RECORDS // R - 2:
+                time.sleep(0.01)
         finally:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()

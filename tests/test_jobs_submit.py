@@ -28,14 +28,15 @@ def free_port():
 
 
 @pytest.fixture
-def head_node(tmp_path):
+def head_node(tmp_path, monkeypatch):
     """`ray start --head --block` in its own process group, stopped by signalling that group only (a global
     `ray stop` would also stop the test session's own cluster)."""
     import ray as ray_module
     ray_module.shutdown()  # the session's shared cluster, if a test started it: one cluster on the machine at a time
+    for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT"):  # they named that cluster (jobs.common.start_local_ray)
+        monkeypatch.delenv(key, raising=False)
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
     dashboard, agent = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths live below it (107-byte limit)
     # Every port chosen here: the defaults of the agent's HTTP server (52365) and the client server (10001) are
@@ -126,7 +127,6 @@ def test_a_stage_on_its_own_cluster_runs_beside_another_cluster(head_node, tmp_p
     searches the machine for "the" cluster."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    env.pop("RAY_ADDRESS", None)
     sets = [f"cache.root={tmp_path / 'cache'}", "cache.num_records=32", "cache.records_per_shard=32",
             f"train.storage_path={tmp_path / 'train'}", "train.steps=2", "train.batch_size=8",
             "train.checkpoint_every=2", "student.init_steps=10", "train.distance=l2"]
