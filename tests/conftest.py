@@ -69,12 +69,12 @@ def written_into_checkout(since, top_level):
 
 def pytest_sessionfinish(session, exitstatus):
     """Tests write under pytest's tmp_path, never into the checkout (a default like eval.out=runs/eval is relative
-    to the working directory): the session names what they wrote there. It warns rather than fails while one writer
-    is unidentified (a clean clone gets runs/cache/teacher-start/<key>.pt from a default cache.root)."""
+    to the working directory): the session fails if they did."""
     since, top_level = session.config._checkout_before
     leaked = written_into_checkout(since, top_level)
     if leaked:
-        print(f"\nWARNING: tests wrote into the checkout {CHECKOUT.name}/: {leaked[:10]}", flush=True)
+        print(f"\ntests wrote into the checkout {CHECKOUT.name}/: {leaked[:10]}", flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

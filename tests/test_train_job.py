@@ -33,8 +33,9 @@ def test_a_missing_cache_is_refused(teacher_path, tmp_path):
         preflight(cfg)
 
 
-def test_the_tiny_student_mirrors_the_teacher_and_teacher_architecture_needs_an_edm_teacher(teacher_path):
-    common = ["train.teacher_mode=online", "train.distance=l2", f"teacher.path={teacher_path}"]
+def test_the_tiny_student_mirrors_the_teacher_and_teacher_architecture_needs_an_edm_teacher(teacher_path, tmp_path):
+    common = ["train.teacher_mode=online", "train.distance=l2", f"teacher.path={teacher_path}",
+              f"cache.root={tmp_path}"]  # the student start is cached there
     with pytest.raises(ValueError, match="student.architecture=tiny"):
         preflight(load_config(overrides=common + ["student.architecture=teacher"]))
     loop_config, datasets = preflight(load_config(overrides=common + ["student.architecture=tiny", "student.init_steps=10",
