@@ -9,6 +9,7 @@ a process holds the images it asked for, not the dataset. Labels are int64, -1 w
 Identities are named by content, not by path. Paths may be local or fsspec URLs (file://, s3://, gs://, https://).
 """
 
+import abc
 import hashlib
 import io
 import json
@@ -110,7 +111,7 @@ def to_float(images):
     return out
 
 
-class ImageSource:
+class ImageSource(abc.ABC):
     """A dataset opened for reading by index. `source[indices]` -> float32 (B, C, H, W) in [-1, 1], in the order asked
     (repeats allowed), read and converted from the source's bytes per call; `len(source)` images; `labels` int64 (M,).
 
@@ -138,9 +139,9 @@ class ImageSource:
         images = to_float(self._read(unique))
         return images if len(unique) == len(indices) and (unique == indices).all() else images[inverse]
 
+    @abc.abstractmethod
     def _read(self, unique):
         """The images at sorted, distinct `unique` indices as stored: uint8 (or float32) (B, C, H, W)."""
-        raise NotImplementedError
 
     def digest(self):
         """`content_digest` of every image and label, hashed a chunk of images at a time."""
