@@ -43,6 +43,15 @@ def sha256(fileobj):
     return hashlib.file_digest(fileobj, "sha256").hexdigest()
 
 
+def checkpoint_sha256(file):
+    """sha256 of a verified checkpoint.pt: the digest recorded beside it, or computed for one written before digests."""
+    recorded = file.parent / DIGEST_FILE
+    if recorded.is_file():
+        return recorded.read_text().split()[0]
+    with open(file, "rb") as f:
+        return sha256(f)
+
+
 def save_checkpoint(directory, **parts):
     """Write `parts` to directory/checkpoint.pt through a temporary file and a rename (never a half-written file),
     its digest beside it first (a kill in between leaves a digest that refuses the old or missing file)."""

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ctm.student import CTMPrecond
-from pipeline.checkpoint import DIGEST_FILE, checkpoint_file, load_checkpoint, read_schedules, sha256
+from pipeline.checkpoint import checkpoint_file, checkpoint_sha256, load_checkpoint, read_schedules
 from pipeline.config import GridConfig
 
 VERSION = 1
@@ -67,15 +67,6 @@ def load_checkpoint_student(checkpoint, ema_rate=0.999, device="cpu"):
     """(CTMPrecond at `ema_rate`, info) from a training checkpoint; nothing else of the checkpoint is built or read."""
     state, info = read_student(checkpoint, ema_rate)
     return build_student(info["student_kwargs"], state, device), info
-
-
-def checkpoint_sha256(file):
-    """sha256 of a verified checkpoint.pt: the digest recorded beside it, or computed for one written before digests."""
-    recorded = file.parent / DIGEST_FILE
-    if recorded.is_file():
-        return recorded.read_text().split()[0]
-    with open(file, "rb") as f:
-        return sha256(f)
 
 
 def run_checkpoint_name(file, sep):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.checkpoint import checkpoint_file
+from pipeline.checkpoint import checkpoint_file, checkpoint_sha256
 from pipeline.datasets import dataset_identity
-from pipeline.export import GRID_KEYS, checkpoint_sha256
+from pipeline.export import GRID_KEYS
 from pipeline.teachers import configured_teacher_identity
 
 from .actors import EvaluatorPool
