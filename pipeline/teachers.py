@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 from ctm.digits import fit_digits_teacher
-from ctm.networks import ADMUNet
 from ctm.teachers import ADM_PRESETS, EDMTeacher, GaussianMixtureTeacher, TeacherError, load_adm, load_edm
 from pipeline.config import ConfigError
 from pipeline.memo import remembered
@@ -38,17 +37,12 @@ def build_teacher(cfg, device="cpu"):
         net = load_adm(t.path, preset=t.key) if t.kind == "adm" else load_edm(t.path, key=t.key)
     except TeacherError as e:
         raise type(e)(f"teacher.path: {e}") from None
-    return EDMTeacher(net.to(device), fast=t.fast)
+    return EDMTeacher(net.to(device), fast=t.fast, kind=t.kind)
 
 
 def teacher_identity(teacher):
     """kind, weights digest, image shape and label count: the fields of a cache key that name the teacher."""
-    if isinstance(teacher, GaussianMixtureTeacher):
-        return {"kind": "gmm", "digest": teacher.digest(), "image_shape": list(teacher.image_shape), "label_dim": 0}
-    net = teacher.net
-    kind = "adm" if isinstance(net.model, ADMUNet) else "edm"
-    return {"kind": kind, "digest": teacher.digest(), "label_dim": net.label_dim,
-            "image_shape": [net.img_channels, net.img_resolution, net.img_resolution]}
+    return teacher.identity()
 
 
 def configured_teacher_identity(cfg):

@@ -122,6 +122,17 @@ def test_load_edm_reproduces_the_pickled_network(tmp_path, name):
         assert torch.equal(loaded(*inputs), net(*inputs))
 
 
+def test_a_network_teacher_names_its_identity_and_solves_in_float32(tmp_path):
+    from ctm.teachers import EDMTeacher
+    name = sorted(TINY)[0]
+    net, _ = tiny_network(name)
+    teacher = EDMTeacher(load_edm(write_edm_pickle(tmp_path / "net.pkl", snapshot(net), TINY[name]["constructor_kwargs"])))
+    identity = teacher.identity()
+    assert identity["kind"] == "edm" and identity["digest"] == weights_digest(net)
+    assert identity["image_shape"] == [net.img_channels, net.img_resolution, net.img_resolution]
+    assert teacher.compute_dtype == torch.float32 and teacher.network_kwargs == teacher.net.init_kwargs
+
+
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_load_edm_reads_every_binary_protocol(tmp_path, protocol):
     net, _ = tiny_network("ddpmpp_tiny_uncond")

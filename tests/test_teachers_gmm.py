@@ -144,3 +144,11 @@ def test_flow_map_inverts_and_composes(gmm2d):
     direct = gmm2d.flow_map(x, 5.0, 0.02)
     torch.testing.assert_close(gmm2d.flow_map(mid, 0.5, 0.02), direct, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(gmm2d.flow_map(mid, 0.5, 5.0), x, atol=1e-6, rtol=1e-6)
+
+
+def test_the_mixture_names_its_identity_and_solves_in_float64():
+    teacher = make_gmm(4)
+    identity = teacher.identity()
+    assert identity == {"kind": "gmm", "digest": teacher.digest(), "image_shape": list(teacher.image_shape),
+                        "label_dim": 0}
+    assert teacher.compute_dtype == torch.float64 and teacher.network_kwargs is None

@@ -12,14 +12,23 @@ from .gmm import GaussianMixtureTeacher
 
 
 class Teacher(Protocol):
+    compute_dtype: torch.dtype      # the precision its ODE is solved in (cache writer and online steps alike)
+    network_kwargs: dict | None     # the constructor arguments of its network (None: no network to copy)
+
     def denoise(self, x, sigma, class_labels=None): ...
+
+    def identity(self) -> dict: ...  # kind, weights digest, image shape and label count: what a cache key records
 
 
 class EDMTeacher:
     """A frozen EDM-preconditioned network as a teacher: an NVlabs EDM pickle (`load_edm`) or an OpenAI ADM state dict
-    (`load_adm`). `fast=True` (CUDA only): bf16 autocast, channels_last and torch.compile."""
+    (`load_adm`), named by `kind` ("edm" or "adm"). `fast=True` (CUDA only): bf16 autocast, channels_last and
+    torch.compile."""
 
-    def __init__(self, net, fast=False):
+    compute_dtype = torch.float32
+
+    def __init__(self, net, fast=False, kind="edm"):
+        self.kind = kind
         self.net = net.eval().requires_grad_(False)
         self.fast = fast and next(net.parameters()).is_cuda
         self.forward = self.net
@@ -37,6 +46,14 @@ class EDMTeacher:
 
     def digest(self):
         return weights_digest(self.net)
+
+    @property
+    def network_kwargs(self):
+        return dict(self.net.init_kwargs)
+
+    def identity(self):
+        return {"kind": self.kind, "digest": self.digest(), "label_dim": self.net.label_dim,
+                "image_shape": [self.net.img_channels, self.net.img_resolution, self.net.img_resolution]}
 
 
 __all__ = ["ADM_PRESETS", "Teacher", "EDMTeacher", "GaussianMixtureTeacher", "RefusedPickleError", "TeacherError",

@@ -17,7 +17,12 @@ UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # 
 
 
 class GaussianMixtureTeacher:
-    """p(x0) = Σ_k w_k N(μ_k, Σ_k) on flattened images; x_σ = x0 + σz has p_σ = Σ_k w_k N(μ_k, Σ_k + σ²I)."""
+    """p(x0) = Σ_k w_k N(μ_k, Σ_k) on flattened images; x_σ = x0 + σz has p_σ = Σ_k w_k N(μ_k, Σ_k + σ²I).
+    Its denoiser is exact, so its ODE is solved in float64; it has no network to copy."""
+
+    kind = "gmm"
+    compute_dtype = torch.float64
+    network_kwargs = None
 
     def __init__(self, weights, means, covariances, image_shape):
         weights, means, covariances = (torch.as_tensor(np.asarray(a), dtype=torch.float64)
@@ -103,6 +108,9 @@ class GaussianMixtureTeacher:
             h.update(a.cpu().numpy().tobytes())
         h.update(repr(self.image_shape).encode())
         return h.hexdigest()
+
+    def identity(self):
+        return {"kind": self.kind, "digest": self.digest(), "image_shape": list(self.image_shape), "label_dim": 0}
 
     @property
     def dim(self):

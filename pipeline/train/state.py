@@ -13,7 +13,6 @@ import torch
 from ctm.discriminator import build_discriminator
 from ctm.networks import tiny_songunet_kwargs
 from ctm.student import CTMPrecond, student_from_teacher
-from ctm.teachers import EDMTeacher
 from pipeline.teachers import teacher_identity
 
 
@@ -39,8 +38,8 @@ def student_kwargs(cfg, teacher):
         identity = teacher_identity(teacher)
         C, H, _ = identity["image_shape"]
         kwargs = tiny_songunet_kwargs(H, C, identity["label_dim"])
-    elif isinstance(teacher, EDMTeacher):
-        kwargs = dict(teacher.net.init_kwargs)
+    elif teacher.network_kwargs is not None:
+        kwargs = teacher.network_kwargs
     else:
         raise ValueError(f"student.architecture 'teacher' copies an EDM or ADM teacher's network, but teacher.kind is "
                          f"{type(teacher).__name__}; use student.architecture=tiny for the Gaussian-mixture teacher")
