@@ -28,11 +28,11 @@ from pipeline.cache import cache_dataset, generate_cache
 from pipeline.cache.draws import draw_k
 from pipeline.cache.shards import ShardReader, write_shard
 from pipeline.cache.source import iter_pairs
-from pipeline.cache.store import CacheStore
+from pipeline.storage import Folder
 from pipeline.config import load_config
 
 
-class CountingStore(CacheStore):
+class CountingStore(Folder):
     """A cache store that counts the bytes read from it, per array (checksums.json and metadata as their own)."""
 
     def __init__(self, url, storage_options=None):
@@ -127,7 +127,7 @@ def cifar_shaped_shard(root, records, N=18):
     arrays = {"states": states, "start": n, "x0": rng.standard_normal((records, 3, 32, 32)).astype(np.float32),
               "label": np.zeros(records, np.int64), "index": np.arange(records), "data_index": np.arange(records),
               "flip": np.zeros(records, bool), "seed": np.arange(records)}
-    store = CacheStore(root)
+    store = Folder(root)
     return store, [write_shard(store, 0, 0, records, arrays, key="synthetic")]
 
 

@@ -10,7 +10,7 @@ Exit status: 0 done, 2 bad input (a teacher with weights to copy needs no start)
 import sys
 
 from jobs.common import fail, input_errors, stage_parser
-from pipeline.cache.store import CacheStore
+from pipeline.storage import Folder
 from pipeline.config import EMBEDDED_DEFAULT, ConfigError, load_config
 from pipeline.teachers import build_teacher
 from pipeline.train.state import student_kwargs
@@ -34,7 +34,7 @@ def main(argv=None):
     if args.ship:
         folder, name = url.rsplit("/", 1)
         SHIPPED.mkdir(exist_ok=True)
-        (SHIPPED / name).write_bytes(CacheStore(folder, cfg.cache.storage_options).read_bytes(name))
+        (SHIPPED / name).write_bytes(Folder(folder, cfg.cache.storage_options).read_bytes(name))
         print(f"shipped: {SHIPPED / name}")
     print(f"teacher start: {url}")
     return 0

@@ -14,9 +14,7 @@ warning once the CRC-32s of its zip records pass.
 
 import hashlib
 import json
-import os
 import posixpath
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,6 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ctm.student import CTMPrecond
 from pipeline.config import load_config
+from pipeline.storage import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DIGEST_FILE = "checkpoint.sha256"
@@ -59,17 +58,11 @@ def save_checkpoint(directory, **parts):
     if missing:
         raise ValueError(f"a checkpoint needs every part {PARTS}; missing {missing}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_file(directory / CHECKPOINT_FILE) as f:
         torch.save(parts, f)
-    with open(tmp, "rb") as f:
-        digest = sha256(f)
-    fd, tmp_digest = tempfile.mkstemp(dir=directory, prefix=".digest-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{digest}  {CHECKPOINT_FILE}\n")
-    os.replace(tmp_digest, directory / DIGEST_FILE)
-    os.replace(tmp, directory / CHECKPOINT_FILE)
+        f.flush()
+        with open(f.name, "rb") as written, atomic_file(directory / DIGEST_FILE, "w") as digest:
+            digest.write(f"{sha256(written)}  {CHECKPOINT_FILE}\n")
     return directory / CHECKPOINT_FILE
 
 

@@ -16,16 +16,16 @@ optimiser moments or the other EMAs (a 300M-parameter run's checkpoint is many t
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ctm.student import CTMPrecond
 from pipeline.checkpoint import checkpoint_file, checkpoint_sha256, load_checkpoint, read_schedules
 from pipeline.config import GridConfig
+from pipeline.storage import atomic_file
 
 VERSION = 1
 GRID_KEYS = ("N", "sigma_min", "sigma_max", "rho")
@@ -87,22 +87,16 @@ def export_student(checkpoint, ema_rate=0.999, out=None):
     state, info = read_student(checkpoint, ema_rate)
     folder = out is None or str(out).endswith(("/", os.sep)) or Path(out).is_dir()
     out = Path(out or ".") / default_export_name(checkpoint, ema_rate) if folder else Path(out)
+    info["checkpoint_sha256"] = checkpoint_sha256(checkpoint_file(checkpoint))
+    info["schedules"] = {str(nfe): entry for nfe, entry in read_schedules(checkpoint).items()
+                         if float(entry["ema_rate"]) == float(ema_rate)}  # searched for these weights
+    data = save({k: v.contiguous() for k, v in state.items()}, metadata={k: json.dumps(v) for k, v in info.items()})
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-", suffix=".tmp")
     except OSError as e:
         raise ExportError(f"cannot write {out} ({e.strerror}): pass --out a path in a writable folder") from None
-    os.close(fd)
-    try:
-        info["checkpoint_sha256"] = checkpoint_sha256(checkpoint_file(checkpoint))
-        info["schedules"] = {str(nfe): entry for nfe, entry in read_schedules(checkpoint).items()
-                             if float(entry["ema_rate"]) == float(ema_rate)}  # searched for these weights
-        tensors = {k: v.contiguous() for k, v in state.items()}
-        save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in info.items()})
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(out) as f:
+        f.write(data)
     return out, info
 
 

@@ -11,8 +11,9 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from pipeline.storage import atomic_file
 
 VERSION = 1  # raise it when what a remembered value means changes: every stamp then misses once
 VERSION_KEYS = ("mtime", "LastModified", "ETag", "updated", "md5Hash", "crc32c")  # local, S3, GCS
@@ -44,10 +45,7 @@ def remembered(stamp, compute):
 
 def _write(path, payload):
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
+        with atomic_file(path, "w") as f:
             json.dump(payload, f)
-        os.replace(tmp, path)
     except OSError:
         pass

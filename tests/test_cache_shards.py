@@ -14,7 +14,7 @@ from pipeline.cache.records import RecordSpec, make_records
 from pipeline.cache.shardcodec import EMPTY, encode_shard
 from pipeline.cache.shards import CHECKSUMS, ShardReader, shard_problems, write_shard
 from pipeline.cache.source import iter_pairs
-from pipeline.cache.store import CacheStore
+from pipeline.storage import Folder
 
 N, SHAPE, STATES = 8, (1, 4, 4), "states/c/0/0/0/0/0"
 CHUNK, INDEX = 2 * 16 + 4, 12 * N * 16 + 4  # a float16 state + crc32c; the states index + crc32c
@@ -33,11 +33,11 @@ def records():
 
 @pytest.fixture
 def shard(tmp_path, records):
-    store = CacheStore(tmp_path / "cache")
+    store = Folder(tmp_path / "cache")
     return store, write_shard(store, 1, 10, 22, records, key="k")
 
 
-class CountingStore(CacheStore):
+class CountingStore(Folder):
     """Counts the bytes of ranged reads."""
     nbytes = 0
 
@@ -107,7 +107,7 @@ def test_whole_trajectories_keep_nan_before_n(shard, records):
 def test_pairs_of_a_noise_shard_draw_n_at_read_time(tmp_path):
     rec = make_records(spec("noise"), make_gmm(16, seed=4), None, None, range(40), batch_size=40)
     assert (rec["start"] == 0).all() and (rec["label"] == -1).all() and not rec["x0"].any()
-    store = CacheStore(tmp_path)
+    store = Folder(tmp_path)
     reader = ShardReader(store, write_shard(store, 0, 0, 40, rec, key="k"))
     batch, = iter_pairs(reader, 0, 40, mode="noise", N=N, K=N - 1, epoch=0, seed=0)
     assert len(set(batch["n"].tolist())) > 2 and (batch["n"] + batch["k"] <= N - 1).all()
@@ -164,7 +164,7 @@ def test_a_missing_or_cut_object_is_refused_before_reading(shard, damage):
 
 
 def test_the_writer_refuses_non_finite_states_before_writing_anything(tmp_path, records):
-    store = CacheStore(tmp_path / "cache")
+    store = Folder(tmp_path / "cache")
     n = records["start"][3]
     bad = {**records, "states": records["states"].copy()}
     bad["states"][3, n + 1, 0, 2, 2] = np.inf
@@ -185,7 +185,7 @@ def test_a_tampered_checksum_list_is_refused(shard):
 
 
 def test_leftovers_are_what_no_manifest_entry_uses(tmp_path, records):
-    store = CacheStore(f"file://{tmp_path}/cache")
+    store = Folder(f"file://{tmp_path}/cache")
     assert store.local and store.url == str(tmp_path / "cache")
     kept = write_shard(store, 0, 10, 22, records, key="k")
     orphan = write_shard(store, 1, 10, 22, records, key="k")  # renamed, never listed: as after a kill

@@ -205,11 +205,10 @@ def test_a_damaged_checkpoint_is_refused(checkpoint, tmp_path, capsys):
 
 
 def test_a_failed_write_leaves_no_file(checkpoint, tmp_path, monkeypatch, capsys):
-    def full_disk(tensors, path, metadata):
-        Path(path).write_bytes(b"half")
+    def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipeline.export.save_file", full_disk)
+    monkeypatch.setattr("pipeline.storage.os.fsync", full_disk)  # the bytes went out, the disk refused them
     assert export_main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out" / "s.safetensors")]) == 1
     assert "No space left on device" in one_error_line(capsys)
     assert list((tmp_path / "out").iterdir()) == []

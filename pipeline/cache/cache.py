@@ -9,7 +9,7 @@ from .errors import REPAIR, CacheError, CacheNotFoundError, DamagedManifestError
 from .manifest import FORMAT, FORMAT_VERSION, cache_key, check_fields, differing_fields, key_fields
 from .shards import ShardReader
 from .sink import MANIFEST
-from .store import CacheStore
+from pipeline.storage import Folder
 
 SHARDS = "shards"
 REQUIRED = ("key", "key_fields", "records_per_shard", "num_records", "image_shape", "grid", "shards")
@@ -161,7 +161,7 @@ def open_cache(root_or_url, cfg=None, storage_options=None, teacher=None):
     """
     if storage_options is None:
         storage_options = cfg.cache.storage_options if cfg is not None else {}
-    root = CacheStore(root_or_url, storage_options)
+    root = Folder(root_or_url, storage_options)
     if cfg is None:
         manifest = read_manifest(root)
         if manifest is None:

@@ -28,7 +28,7 @@ from .manifest import check_fields, key_fields, missing_shards, new_manifest
 from .records import RecordSpec, make_records
 from .recover import adopt_shards
 from .sink import MANIFEST, ManifestCommitter, ShardSink
-from .store import CacheStore
+from pipeline.storage import Folder
 from .verify import damaged_error
 
 
@@ -99,7 +99,7 @@ def prepare(cfg, teacher_id, repair=False, log=print):
         check_images_fit_teacher(teacher_id, cfg.data, source.image_shape, source.labels)
         data_id, fingerprint = dataset_identity(cfg.data, source), source.fingerprint()
     fields = key_fields(cfg, teacher_id, data_id)
-    store = cache_folder(CacheStore(cfg.cache.root, cfg.cache.storage_options), fields)
+    store = cache_folder(Folder(cfg.cache.root, cfg.cache.storage_options), fields)
     try:
         manifest = read_manifest(store)
     except DamagedManifestError:

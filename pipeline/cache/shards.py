@@ -99,7 +99,7 @@ def write_shard(store, shard, start, stop, arrays, key):
     listing = json.dumps(sums, indent=1, sort_keys=True).encode()
     store.write_bytes(f"{tmp}/{CHECKSUMS}", listing)
     if store.local:
-        store.rename(tmp, final)
+        store.move(tmp, final)
     return {"shard": shard, "path": final, "start": start, "stop": stop, "count": count,
             "nbytes": sum(s["size"] for s in sums.values()) + len(listing),
             "checksums_sha256": hashlib.sha256(listing).hexdigest()}

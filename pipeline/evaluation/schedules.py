@@ -11,6 +11,7 @@ A schedule search (`python -m jobs.sweep_schedule`) writes it; `jobs.evaluate --
 import json
 
 from pipeline.checkpoint import SCHEDULES_FILE, checkpoint_file, read_schedules, schedules_path
+from pipeline.storage import atomic_file
 
 from .settings import Setting
 
@@ -33,10 +34,8 @@ def write_schedule(checkpoint, entry):
     old = schedules.get(entry["nfe"])
     if old is None or old["fid"] > entry["fid"] or any(old.get(k) != entry.get(k) for k in COMPARABLE):
         schedules[entry["nfe"]] = entry
-    path = schedules_path(checkpoint)
-    tmp = path.with_name(f".{SCHEDULES_FILE}.tmp")
-    tmp.write_text(json.dumps({str(n): schedules[n] for n in sorted(schedules)}, indent=2, default=str))
-    tmp.replace(path)
+    with atomic_file(schedules_path(checkpoint), "w") as f:
+        json.dump({str(n): schedules[n] for n in sorted(schedules)}, f, indent=2, default=str)
     return schedules[entry["nfe"]]
 
 

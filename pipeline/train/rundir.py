@@ -9,10 +9,7 @@ persisted but never registered is written again when the run reaches its step).
 import json
 import re
 
-import pyarrow.fs
-from fsspec.implementations.local import LocalFileSystem
-
-from pipeline.storage_errors import url_to_fs
+from pipeline.storage import Folder
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of registered checkpoints
@@ -26,38 +23,23 @@ def checkpoint_step(name):
     return int(CHECKPOINT_DIR.match(name).group(1))
 
 
-class RunDir:
+class RunDir(Folder):
+    """The run's folder <storage_path>/<run_name>; `ray_storage` names its parent, where Ray Train puts the run."""
+
     def __init__(self, storage_path, run_name, storage_options=None):
-        self.fs, root = url_to_fs(storage_path, **(storage_options or {}))
-        self.root = root.rstrip("/")
-        self.path = f"{self.root}/{run_name}"
-        self.url = f"{storage_path.rstrip('/')}/{run_name}"
+        super().__init__(f"{str(storage_path).rstrip('/')}/{run_name}", storage_options)
+        self.storage_path, self.run_name = str(storage_path), run_name
+        self.root = self.path.rsplit("/", 1)[0]
+
+    def __getstate__(self):
+        return {"storage_path": self.storage_path, "run_name": self.run_name, "storage_options": self.storage_options}
+
+    def __setstate__(self, state):
+        RunDir.__init__(self, state["storage_path"], state["run_name"], state["storage_options"])
 
     def ray_storage(self):
         """(storage_path, storage_filesystem) for ray.train.RunConfig: local paths as they are, URLs through fsspec."""
-        if isinstance(self.fs, LocalFileSystem):
-            return self.root, None
-        return self.root, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.fs))
-
-    def full(self, name):
-        return f"{self.path}/{name}"
-
-    def exists(self, name):
-        return self.fs.exists(self.full(name))
-
-    def read_text(self, name):
-        return self.fs.cat_file(self.full(name)).decode() if self.exists(name) else None
-
-    def write_text(self, name, text):
-        """Write through a temporary name and a move, so a reader never sees half a file."""
-        self.fs.makedirs(self.path, exist_ok=True)
-        tmp = self.full(f".{name.replace('/', '_')}.tmp")
-        self.fs.pipe_file(tmp, text.encode())
-        self.fs.mv(tmp, self.full(name))
-
-    def put(self, local_file, name):
-        self.fs.makedirs(self.full(name).rsplit("/", 1)[0], exist_ok=True)
-        self.fs.put_file(local_file, self.full(name))
+        return self.root, self.ray_storage_filesystem()
 
     def registered(self):
         """Names of the checkpoints Ray Train has registered, oldest first: the last is the one a rerun resumes from
@@ -98,5 +80,5 @@ class RunDir:
         while self.exists(aside):
             n += 1
             aside = f"damaged_{name}.{n}"
-        self.fs.mv(self.full(name), self.full(aside), recursive=True)
+        self.move(name, aside)
         return aside

@@ -16,7 +16,7 @@ import torch
 
 from ctm.student import CTMPrecond
 from ctm.teacher_start import regress_onto_teacher
-from pipeline.cache.store import CacheStore
+from pipeline.storage import Folder
 from pipeline.datasets import load_dataset
 from pipeline.teachers import teacher_identity
 
@@ -40,7 +40,7 @@ def teacher_start_key(cfg, teacher, kwargs, data_identity):
 def _locate(cfg, teacher, kwargs):
     """(store, file name, data) of this config's start: its folder under cache.root, its name, the dataset."""
     images, labels, identity = load_dataset(cfg.data)
-    store = CacheStore(cfg.cache.root, cfg.cache.storage_options).child(FOLDER)
+    store = Folder(cfg.cache.root, cfg.cache.storage_options).child(FOLDER)
     return store, f"{teacher_start_key(cfg, teacher, kwargs, identity)}.pt", (images, labels)
 
 
@@ -87,5 +87,5 @@ def teacher_start(cfg, teacher, kwargs, log=print):
 
 def load_teacher_start(url, storage_options=None):
     """The state dict at `url` (written by `teacher_start`)."""
-    store = CacheStore(url.rsplit("/", 1)[0], storage_options)
+    store = Folder(url.rsplit("/", 1)[0], storage_options)
     return torch.load(io.BytesIO(store.read_bytes(url.rsplit("/", 1)[1])), weights_only=True)
