@@ -21,7 +21,7 @@ import ray
 import torch
 
 from ctm.networks import build_edm_network, tiny_songunet_kwargs
-from ctm.schedule import karras_grid
+from ctm.schedule import Grid
 from ctm.solver import heun_trajectory
 from ctm.teachers import EDMTeacher, load_edm
 from pipeline.cache import generate_cache
@@ -55,7 +55,7 @@ def synchronize(device):
 
 def bare_rate(teacher, shape, batch, records, device):
     """Images per second of the fast solver alone: full N-point Heun trajectories from 80·z, on the device."""
-    grid = karras_grid(18)
+    grid = Grid(18).t
     x = torch.randn(batch, *shape, device=device) * 80
     heun_trajectory(teacher.denoise, x, grid)  # warm-up and compilation
     synchronize(device)

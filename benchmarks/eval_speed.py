@@ -67,6 +67,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_config(overrides=[f"eval.num_samples={args.num}"])
+    grid = cfg.grid.grid()
     kwargs = CIFAR10_DDPMPP if args.net == "cifar10" else tiny_songunet_kwargs(8, 1)
     G = build_ctm_student(**kwargs).to(args.device).eval().requires_grad_(False)
     shape = (G.img_channels, G.img_resolution, G.img_resolution)
@@ -81,12 +82,12 @@ def main(argv=None):
     print(f"{args.net} student {shape}, {fs.info['name']} features on {args.device}; {args.num} samples, "
           f"batch {args.batch}; seconds per 1,000 samples")
     per_1000 = 1000 / args.num
-    runs = {f"NFE {n}, γ=0": lambda n=n: sample_batches(G, Setting(n, 0.0), cfg.grid, args.num, args.batch, 0, shape,
+    runs = {f"NFE {n}, γ=0": lambda n=n: sample_batches(G, Setting(n, 0.0), grid, args.num, args.batch, 0, shape,
                                                         device=args.device) for n in args.nfe}
     if args.teacher:
         teacher, t_shape, label_dim, _ = teacher_model(cfg, args.device)
         runs[f"teacher Heun ({2 * (cfg.grid.N - 1)} NFE)"] = lambda: teacher_heun_batches(
-            teacher, cfg.grid, args.num, args.batch, 0, t_shape, label_dim, args.device)
+            teacher, grid, args.num, args.batch, 0, t_shape, label_dim, args.device)
     for name, batches in runs.items():
         t_sample = t_feats = t_fd = float("inf")
         for _ in range(args.repeats):  # the fastest of the repeats; the first one warms up

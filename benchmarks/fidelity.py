@@ -1,10 +1,14 @@
 """Does the pipeline distil? The one-step student against its teacher on the embedded digits default.
 
-    python -m benchmarks.fidelity                                   # every variant (about 30 minutes on 2 cores)
+    python -m benchmarks.fidelity                                   # every variant (about 50 minutes on 2 cores)
     python -m benchmarks.fidelity --variants default gan --every 200 --out runs/bench/fidelity
+    python -m benchmarks.fidelity --variants ctm_600 ctm_600+ctm_200 ctm_600+gan_200 --weights eval
+    python -m benchmarks.fidelity --stage1 DIR --add gan_tc train.init_checkpoint={stage1} train.steps=200 \\
+        train.gan_start=0 train.diffaug=translation,cutout          # a variant of your own
 
 Each variant is the embedded default (jobs/configs/digits.yaml) with a few keys changed, run through the real stages
-on a private local Ray cluster: the trajectory cache (generate, in its own cache root), then `run_training` with a
+on a private local Ray cluster: the trajectory cache (one per cache size, reused by every variant of that size,
+under --cache-root), then `run_training` with a
 checkpoint every --every steps. Every checkpoint is scored with the evaluation's own FID (the shipped digits
 features, eval.num_samples samples against the real digits) at NFE 1, 2 and 4 (γ = 0), for the online weights and
 each EMA of train.ema_rates, beside its flow-map error against the mixture teacher's exact PF-ODE map: the mean
@@ -21,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from ctm.schedule import karras_grid, sample_official
 from jobs.common import ray_cluster
 from pipeline.config import EMBEDDED_DEFAULT, load_config
 from pipeline.evaluation import Setting
@@ -29,6 +32,7 @@ from pipeline.evaluation.actors import Evaluator
 from pipeline.evaluation.models import load_checkpoint_model
 from pipeline.datasets import load_dataset
 from pipeline.teachers import build_teacher
+from pipeline.train.rundir import checkpoint_dir_name
 
 VARIANTS = {
     "default": [],
@@ -37,6 +41,12 @@ VARIANTS = {
     "cache_1k": ["cache.num_records=1024"],
     "cache_16k": ["cache.num_records=16384"],
     "cache_64k": ["cache.num_records=65536", "cache.records_per_shard=2048"],
+    "gan_0": ["train.gan_start=0"],
+    # the official staging at equal steps: CTM for 600 steps, then a second run from its last checkpoint (--stage1)
+    # with a fresh D and a fresh cosine; the control continues the same way without the GAN
+    "ctm_600": ["train.steps=600"],
+    "ctm_600+gan_200": ["train.init_checkpoint={stage1}", "train.steps=200", "train.gan_start=0"],
+    "ctm_600+ctm_200": ["train.init_checkpoint={stage1}", "train.steps=200"],
 }
 NFES = (1, 2, 4)
 FLOW_SAMPLES = 512
@@ -44,12 +54,26 @@ FLOW_SAMPLES = 512
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=[], help=f"of {list(VARIANTS)} (default: all unless --add)")
+    p.add_argument("--add", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
+                   help="one more variant: a name and its overrides, e.g. --add gan_noaug train.gan_start=0 "
+                   "train.diffaug=\'\' (repeatable; runs after --variants)")
     p.add_argument("--every", type=int, default=200, help="steps between scored checkpoints")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
     p.add_argument("--out", default="runs/bench/fidelity")
     p.add_argument("--local-cpus", type=int, default=8)
-    return p.parse_args(argv)
+    p.add_argument("--stage1", help="checkpoint the second-stage variants start from (default: the ctm_600 variant's "
+                   f"last, <out>/train/ctm_600/{checkpoint_dir_name(600)})")
+    p.add_argument("--cache-root", help="where the caches are made or reused, one per size (default: <out>/caches)")
+    p.add_argument("--weights", choices=["all", "eval"], default="all",
+                   help="score the online weights and every EMA, or only eval.ema_rate's (faster)")
+    args = p.parse_args(argv)
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}: pick from {list(VARIANTS)}, or define one with --add NAME KEY=VALUE")
+    args.overrides = {name: VARIANTS[name] for name in args.variants or ([] if args.add else VARIANTS)}
+    args.overrides.update({name: overrides for name, *overrides in args.add})
+    return args
 
 
 class FlowMapError:
@@ -57,10 +81,10 @@ class FlowMapError:
 
     def __init__(self, cfg, teacher, images, seed=0):
         g = torch.Generator().manual_seed(seed)
-        grid = karras_grid(cfg.grid.N, cfg.grid.sigma_min, cfg.grid.sigma_max, cfg.grid.rho)
-        k, n, j = sample_official(FLOW_SAMPLES, cfg.grid.N, cfg.grid.K_max, g)
+        grid = cfg.grid.grid()
+        k, n, j = grid.sample_official(FLOW_SAMPLES, g)
         x0 = images[torch.randint(len(images), (FLOW_SAMPLES,), generator=g)]
-        self.t, self.s = grid[n].float(), grid[j].float()
+        self.t, self.s = grid.t[n].float(), grid.t[j].float()
         self.x_t = x0 + self.t[:, None, None, None] * torch.randn(x0.shape, generator=g)
         self.exact = teacher.flow_map(self.x_t, self.t, self.s, rtol=1e-7, atol=1e-7)
         self.x_T = cfg.grid.sigma_max * torch.randn(x0.shape, generator=g)
@@ -78,12 +102,12 @@ def checkpoints(run_dir):
     return sorted(p for p in Path(run_dir).glob("checkpoint_*") if (p / "checkpoint.pt").is_file())
 
 
-def score_run(cfg, evaluator, flow, run_dir, log):
-    """Every checkpoint of the run at NFE 1, 2, 4 for the online weights and each EMA."""
+def score_run(cfg, evaluator, flow, run_dir, log, rates):
+    """Every checkpoint of the run at NFE 1, 2, 4 for each of `rates` (0: the online weights; else an EMA)."""
     settings = [Setting(nfe, 0.0) for nfe in NFES]
     rows, scored = [], evaluator.cfg.eval.ema_rate
     for path in checkpoints(run_dir):
-        for rate in (0.0, *cfg.train.ema_rates):
+        for rate in rates:
             evaluator.cfg.eval.ema_rate = rate
             results = evaluator.score(str(path), settings)
             row = {"step": results[0]["model"]["step"], "weights": "online" if rate == 0 else f"EMA {rate}",
@@ -101,10 +125,12 @@ def run_variant(name, base_overrides, args, evaluator, flow, log):
     from pipeline.cache import generate_cache
     from pipeline.train import run_training
     out = Path(args.out).resolve()
-    overrides = [*base_overrides, *VARIANTS[name], f"cache.root={out / 'caches' / name}",
+    stage1 = args.stage1 or out / "train" / "ctm_600" / checkpoint_dir_name(600)
+    overrides = [*base_overrides, *(o.replace("{stage1}", str(stage1)) for o in args.overrides[name]),
                  f"train.storage_path={out / 'train'}", f"train.run_name={name}",
                  f"train.checkpoint_every={args.every}", "train.num_to_keep=100"]
-    cfg = load_config(EMBEDDED_DEFAULT, overrides)
+    records = load_config(EMBEDDED_DEFAULT, overrides).cache.num_records  # variants of equal size share a cache
+    cfg = load_config(EMBEDDED_DEFAULT, [*overrides, f"cache.root={Path(args.cache_root or out / 'caches') / str(records)}"])
     started = time.perf_counter()
     if cfg.train.teacher_mode == "cached":
         generate_cache(cfg, log=lambda *a: None)
@@ -113,9 +139,10 @@ def run_variant(name, base_overrides, args, evaluator, flow, log):
     trained = time.perf_counter()
     log(f"{name}: cache {generated - started:.0f} s, training {trained - generated:.0f} s "
         f"({cfg.train.steps} steps, {cfg.cache.num_records} records, mode {cfg.train.teacher_mode})")
-    return {"overrides": VARIANTS[name], "cache_seconds": round(generated - started, 1),
+    return {"overrides": args.overrides[name], "cache_seconds": round(generated - started, 1),
             "train_seconds": round(trained - generated, 1), "num_records": cfg.cache.num_records,
-            "rows": score_run(cfg, evaluator, flow, out / "train" / name, log)}
+            "rows": score_run(cfg, evaluator, flow, out / "train" / name, log,
+                              (0.0, *cfg.train.ema_rates) if args.weights == "all" else (cfg.eval.ema_rate,))}
 
 
 def plot(report, path):
@@ -155,7 +182,7 @@ def main(argv=None):
               "eval_ema_rate": cfg.eval.ema_rate, "config": str(EMBEDDED_DEFAULT.name), "overrides": args.set,
               "variants": {}}
     with ray_cluster(args.local_cpus):
-        for name in args.variants:
+        for name in args.overrides:
             report["variants"][name] = run_variant(name, args.set, args, evaluator, flow, log)
             (out / "fidelity.json").write_text(json.dumps(report, indent=1))
     plot(report, out / "fidelity.png")

@@ -17,7 +17,7 @@ import torch
 
 from ctm.digits import fit_digits_teacher
 from ctm.networks import build_edm_network, tiny_songunet_kwargs
-from ctm.schedule import karras_grid
+from ctm.schedule import Grid
 from ctm.solver import heun_trajectory
 from ctm.teachers import EDMTeacher, load_edm
 
@@ -68,7 +68,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.manual_seed(0)
     teachers, shape = build_teachers(args)
-    grid = karras_grid(args.N)
+    grid = Grid(args.N).t
     print(f"{args.net} teacher on {args.device}, {args.N}-point grid ({2 * (args.N - 1)} NFE per image)")
     runs = {}
     for batch in args.batch:

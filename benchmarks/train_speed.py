@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 from ctm.networks import build_edm_network, tiny_songunet_kwargs
-from ctm.schedule import karras_grid
 from ctm.solver import heun_trajectory
 from ctm.teachers import EDMTeacher, GaussianMixtureTeacher, load_edm
 from ctm.training import heun_segment
@@ -93,7 +92,7 @@ def same_loss_check(cfg, grid, teacher, batch, device):
     noise from (train.seed, step, micro-batch)), the cached one with x_u from `cache_solve`. Returns whether CTMLoss
     and DSMLoss saw the same draws, the max |Δx_u|, and the loss L_CTM + λ_DSM·L_DSM of each with their relative
     difference."""
-    x_u = cache_solve(teacher, batch["x_t"].to(device), batch["n"].to(device), batch["k"].to(device), grid).cpu()
+    x_u = cache_solve(teacher, batch["x_t"].to(device), batch["n"].to(device), batch["k"].to(device), grid.t).cpu()
     seen, loss = {}, {}
     for mode, b in (("online", batch), ("cached", {**batch, "x_u": x_u})):
         state = build_state(cfg, student_kwargs(cfg, teacher), teacher, device)
@@ -120,7 +119,7 @@ def step_level(args):
     cfg = load_config(overrides=[*network_teacher, f"student.architecture={architecture}",
                                  f"train.distance={args.distance}", f"train.batch_size={args.batch}",
                                  "train.teacher_mode=online"])
-    grid = karras_grid(cfg.grid.N)
+    grid = cfg.grid.grid()
     source = OnlineBatches(images, labels, cfg, grid)
     batches = [source(i) for i in range(args.warmup + args.steps)]
     device = torch.device(args.device)
@@ -130,7 +129,7 @@ def step_level(args):
         if mode == "cached":
             with torch.no_grad():
                 for b in batches:
-                    x_u = heun_segment(teacher.denoise, b["x_t"].to(device, compute_dtype(teacher)), grid,
+                    x_u = heun_segment(teacher.denoise, b["x_t"].to(device, compute_dtype(teacher)), grid.t,
                                        b["n"].to(device), b["k"].to(device))
                     b["x_u"] = x_u.float().cpu()
         state = build_state(cfg, student_kwargs(cfg, teacher), teacher, device)

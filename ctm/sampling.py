@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from .schedule import SIGMA_MAX, SIGMA_MIN, karras_grid
+from .schedule import Grid
 
 
 def jump_sample(G, x_T, t_steps, s_steps, class_labels=None, generator=None):
@@ -23,30 +23,34 @@ def jump_sample(G, x_T, t_steps, s_steps, class_labels=None, generator=None):
     return x.clamp(-1, 1)
 
 
-def gamma_steps(nfe, gamma, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=7.0):
-    """The γ-sampler's times: a ρ-ramp of nfe+1 points, s_n = √(1−γ²)(t_{n+1} − σ_min) + σ_min."""
+def gamma_steps(nfe, gamma, grid=Grid()):
+    """The γ-sampler's times on `grid`'s σ range and ρ: a ρ-ramp of nfe+1 points, and the landings
+    s_n = √(1−γ²)(t_{n+1} − σ_min) + σ_min (`gamma_landings`)."""
     if nfe < 1 or not 0 <= gamma <= 1:
         raise ValueError(f"need nfe >= 1 and 0 <= gamma <= 1, got nfe={nfe}, gamma={gamma}")
-    t_steps = karras_grid(nfe + 1, sigma_min, sigma_max, rho).tolist()
-    s_steps = [min(math.sqrt(1 - gamma ** 2) * (t - sigma_min) + sigma_min, t) for t in t_steps[1:]]  # no rounding above t
-    s_steps[-1] = sigma_min
-    return t_steps, s_steps
+    t_steps = grid.sampling_times(nfe).tolist()
+    return t_steps, gamma_landings(t_steps, gamma)
 
 
-def gamma_sample(G, latents, nfe, gamma, class_labels=None, generator=None, sigma_min=SIGMA_MIN,
-                 sigma_max=SIGMA_MAX, rho=7.0):
+def gamma_sample(G, latents, nfe, gamma, class_labels=None, generator=None, grid=Grid()):
     """γ = 0: deterministic long jumps (the `exact` sampler); γ = 1: the CM multistep sampler. latents ~ N(0, I)."""
-    t_steps, s_steps = gamma_steps(nfe, gamma, sigma_min, sigma_max, rho)
-    return jump_sample(G, latents * sigma_max, t_steps, s_steps, class_labels, generator)
+    t_steps, s_steps = gamma_steps(nfe, gamma, grid)
+    return jump_sample(G, latents * t_steps[0], t_steps, s_steps, class_labels, generator)
+
+
+def two_step_times(grid, i1, i2):
+    """The 2-step `gamma` variant's times on `grid`: jump σ_max → t_{i1}, renoise to t_{i2} (i2 <= i1), jump to σ_min.
+    Returns (t_steps, s_steps)."""
+    if not 0 < i2 <= i1 < grid.N - 1:
+        raise ValueError(f"need 0 < i2 <= i1 < N-1 = {grid.N - 1} on the {grid.N}-point grid, got i1={i1}, i2={i2}")
+    t = grid.t.tolist()
+    return [t[0], t[i2], t[-1]], [t[i1], t[-1]]
 
 
 def two_step_sample(G, latents, grid, i1, i2, class_labels=None, generator=None):
-    """The 2-step `gamma` variant: jump 80 → t_{i1}, renoise to t_{i2} (i2 <= i1), jump to σ_min."""
-    if not 0 < i2 <= i1 < len(grid) - 1:
-        raise ValueError(f"need 0 < i2 <= i1 < N-1 on the {len(grid)}-point grid, got i1={i1}, i2={i2}")
-    t_steps = [float(grid[0]), float(grid[i2]), float(grid[-1])]
-    return jump_sample(G, latents * float(grid[0]), t_steps, [float(grid[i1]), float(grid[-1])],
-                       class_labels, generator)
+    """The 2-step `gamma` variant on `grid` (a `Grid`); see `two_step_times`."""
+    t_steps, s_steps = two_step_times(grid, i1, i2)
+    return jump_sample(G, latents * t_steps[0], t_steps, s_steps, class_labels, generator)
 
 
 def gamma_landings(t_steps, gamma):

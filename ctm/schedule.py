@@ -1,7 +1,13 @@
-"""The CTM time grid and the laws that draw (n, k, s) and the DSM noise level (docs/method.md §0, §3)."""
+"""The CTM time grid and the laws that draw (n, k, s) and the DSM noise level (docs/method.md §0, §3).
+
+`Grid` carries the grid's settings and every draw made on it; the pipeline builds one from the config
+(`GridConfig.grid()`) and passes it to training, the cache, sampling and evaluation.
+"""
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 SIGMA_MIN, SIGMA_MAX, RHO, SIGMA_DATA = 0.002, 80.0, 7.0, 0.5
@@ -67,11 +73,16 @@ def sample_k(K, generator=None):
     return int(torch.multinomial(k_probs(K), 1, generator=generator)) + 1
 
 
+def sample_n_given_k(batch, N, k, generator=None):
+    """n ~ U{0..N−1−k} per sample, for the step's k (the official loop's draw)."""
+    return torch.randint(0, N - k, (batch,), generator=generator)
+
+
 def sample_official(batch, N, K, generator=None):
     """The official draw: one k per optimiser step, then per-sample n and s index j. Returns (k, n, j)."""
     _check_NK(N, K)
     k = sample_k(K, generator)
-    n = torch.randint(0, N - k, (batch,), generator=generator)
+    n = sample_n_given_k(batch, N, k, generator)
     return k, n, sample_s_index(n, torch.full_like(n, k), N, generator)
 
 
@@ -85,6 +96,27 @@ def sample_k_given_n(n, N, K, generator=None):
     if (n >= N - 1).any() or (n < 0).any():
         raise ValueError(f"start indices must lie in 0..N-2 for N={N}, got {n.min().item()}..{n.max().item()}")
     return torch.multinomial(conditional_k(N, K)[n].float(), 1, generator=generator).squeeze(1)
+
+
+def _inverse_cdf(probs, u):
+    """Per row of `probs` (rows of a discrete law on 0..m), the value whose CDF interval holds u."""
+    cdf = np.cumsum(probs, axis=1)
+    last = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)  # largest value with mass: u never passes it
+    return np.minimum((u[:, None] >= cdf).sum(axis=1), last)
+
+
+def n_from_uniform(u, N, K):
+    """n from its marginal under the official law at uniforms u (numpy), by the inverse CDF."""
+    probs = marginal_n(N, K).numpy()[None].repeat(len(u), axis=0)
+    return _inverse_cdf(probs, u).astype(np.int64)
+
+
+def k_from_uniform(n, u, N, K):
+    """k from P(k | n) at uniforms u (numpy), by the inverse CDF, so that (n, k) follows the official joint law."""
+    n = np.asarray(n, dtype=np.int64)
+    if (n < 0).any() or (n > N - 2).any():
+        raise ValueError(f"start indices must lie in 0..N-2 = {N - 2}, got {n.min()}..{n.max()}")
+    return _inverse_cdf(conditional_k(N, K).numpy()[n], u).astype(np.int64)
 
 
 def sample_s_index(n, k, N, generator=None):
@@ -115,3 +147,57 @@ def dsm_sigma_cdf(sigma, lognormal_share=0.5, P_mean=-1.2, P_std=1.2, sigma_min=
     r = (a - sigma.clamp_min(1e-300) ** (1 / rho)) / (a - b)  # ramp position of sigma
     ramp = 1 - (r / diffusion_mult).clamp(0, 1)
     return lognormal_share * lognormal + (1 - lognormal_share) * ramp
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The CTM grid t_0 = σ_max > … > t_{N−1} = σ_min (EDM's ρ-ramp) with K, the largest number of teacher steps k,
+    and the draws made on it: (n, k, s) of the CTM objective, the DSM σ, the γ-sampler's jump times."""
+    N: int = 18
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
+    K: int | None = None  # None: N − 1
+
+    def __post_init__(self):
+        if self.K is None:
+            object.__setattr__(self, "K", self.N - 1)
+        karras_grid(self.N, self.sigma_min, self.sigma_max, self.rho)  # the same checks as every grid
+        _check_NK(self.N, self.K)
+
+    @property
+    def t(self):
+        """The N grid times, float64 (a new tensor per call)."""
+        return karras_grid(self.N, self.sigma_min, self.sigma_max, self.rho)
+
+    def sampling_times(self, nfe):
+        """The γ-sampler's nfe + 1 jump times: the ρ-ramp from σ_max to σ_min, float64."""
+        return karras_grid(nfe + 1, self.sigma_min, self.sigma_max, self.rho)
+
+    def to_dict(self):
+        return {"N": self.N, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho, "K": self.K}
+
+    def sample_official(self, batch, generator=None):
+        return sample_official(batch, self.N, self.K, generator)
+
+    def sample_k(self, generator=None):
+        return sample_k(self.K, generator)
+
+    def sample_n_given_k(self, batch, k, generator=None):
+        return sample_n_given_k(batch, self.N, k, generator)
+
+    def sample_s_index(self, n, k, generator=None):
+        return sample_s_index(n, k, self.N, generator)
+
+    def sample_n(self, batch, generator=None):
+        return sample_n(batch, self.N, self.K, generator)
+
+    def n_from_uniform(self, u):
+        return n_from_uniform(u, self.N, self.K)
+
+    def k_from_uniform(self, n, u):
+        return k_from_uniform(n, u, self.N, self.K)
+
+    def dsm_sigma(self, batch, generator=None):
+        """DSM noise levels of a micro-batch on this grid's σ range and ρ (`sample_dsm_sigma`)."""
+        return sample_dsm_sigma(batch, generator, sigma_min=self.sigma_min, sigma_max=self.sigma_max, rho=self.rho)

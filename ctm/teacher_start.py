@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .schedule import SIGMA_DATA, sample_dsm_sigma
+from .schedule import SIGMA_DATA
 
 
 class TeacherRegressionLoss:
@@ -31,8 +31,9 @@ class TeacherRegressionLoss:
 
 
 def regress_onto_teacher(G, denoise, images, steps, batch_size, lr, generator, grid, labels=None, log=None):
-    """Fit g_θ of the CTMPrecond `G` to the teacher's denoiser on x0 + σz, x0 from `images`, σ from the DSM law on
-    `grid` (docs/method.md §3), for `steps` RAdam steps with a cosine learning-rate decay to 0. Returns the last loss."""
+    """Fit g_θ of the CTMPrecond `G` to the teacher's denoiser on x0 + σz, x0 from `images` (float32 (M, C, H, W) in
+    [-1, 1], or anything a numpy index array reads rows of), σ from the DSM law on `grid` (a `ctm.schedule.Grid`;
+    docs/method.md §3), for `steps` RAdam steps with a cosine learning-rate decay to 0. Returns the last loss."""
     loss_fn = TeacherRegressionLoss(denoise, G.sigma_data)
     opt = torch.optim.RAdam(G.parameters(), lr=lr)
     G.train()
@@ -41,9 +42,8 @@ def regress_onto_teacher(G, denoise, images, steps, batch_size, lr, generator, g
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / steps))
         index = torch.randint(len(images), (batch_size,), generator=generator)
-        x0 = images[index]
-        sigma = sample_dsm_sigma(batch_size, generator, sigma_min=grid.sigma_min, sigma_max=grid.sigma_max,
-                                 rho=grid.rho).float()
+        x0 = torch.as_tensor(images[index.numpy()])
+        sigma = grid.dsm_sigma(batch_size, generator).float()
         noise = torch.randn(x0.shape, generator=generator)
         s = grid.sigma_min + (sigma - grid.sigma_min) * torch.rand(batch_size, generator=generator)
         loss = loss_fn(G.g, x0, sigma, noise, s, None if labels is None else labels[index]).mean()

@@ -4,21 +4,18 @@ objective and the EMA updates. The data, the teacher segment x_u and the draws c
 import torch
 
 from .losses import d_hinge_loss, g_gan_loss, lambda_dsm, lambda_gan
+from .solver import heun_step
 
 
 def heun_segment(denoise, x_t, grid, n, k, class_labels=None):
-    """x_u = Heun^k(x_t) along `grid` from index n to n+k, per sample (n, k: (B,) long; 2 NFE per step)."""
+    """x_u = Heun^k(x_t) along the grid times `grid` from index n to n+k, per sample (n, k: (B,) long; 2 NFE per
+    step): every sample steps at once with its own times, and stands still once it has taken its k steps."""
     x = x_t
-    shape = (-1,) + (1,) * (x_t.ndim - 1)
     grid = grid.to(x_t.device, torch.float64)
     for i in range(int(k.max())):
-        active = (i < k).reshape(shape)
         idx = (n + i).clamp(max=len(grid) - 2)
-        t_cur, t_next = grid[idx].to(x.dtype), grid[idx + 1].to(x.dtype)
-        d_cur = (x - denoise(x, t_cur, class_labels)) / t_cur.reshape(shape)
-        x_euler = x + (t_next - t_cur).reshape(shape) * d_cur
-        d_next = (x_euler - denoise(x_euler, t_next, class_labels)) / t_next.reshape(shape)
-        x = torch.where(active, x + (t_next - t_cur).reshape(shape) * 0.5 * (d_cur + d_next), x)
+        stepped = heun_step(denoise, x, grid[idx].to(x.dtype), grid[idx + 1].to(x.dtype), class_labels)
+        x = torch.where((i < k).reshape(-1, *[1] * (x_t.ndim - 1)), stepped, x)
     return x
 
 

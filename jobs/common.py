@@ -54,24 +54,29 @@ def restore_env(saved):
 
 @contextlib.contextmanager
 def ray_cluster(local_cpus=None):
-    """The Ray cluster a stage runs on: the caller's if this process already runs Ray; a private local one with
-    `local_cpus` logical CPUs (start_local_ray); else whatever `ray.init()` finds (RAY_ADDRESS under `ray job
-    submit`, a `ray start` head on this machine, or a new local cluster). Ray is shut down afterwards only if it was
-    started here."""
+    """The Ray cluster a stage runs on, started lazily: yields `start`, which on its first call joins the caller's
+    cluster if this process already runs Ray, or starts a private local one with `local_cpus` logical CPUs
+    (start_local_ray), or connects to whatever `ray.init()` finds (RAY_ADDRESS under `ray job submit`, a `ray start`
+    head on this machine, or a new local cluster), and returns the ray module. A stage calls it only once it has
+    work, so rerunning finished work starts no Ray. Ray is shut down afterwards only if it was started here."""
     import ray
-    if ray.is_initialized():
-        yield ray
-        return
-    saved = {}
-    if local_cpus:
-        saved = start_local_ray(local_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
-    else:
-        ray.init()
+    started, saved = [], {}
+
+    def start():
+        if not ray.is_initialized():
+            if local_cpus:
+                saved.update(start_local_ray(local_cpus, include_dashboard=True, dashboard_host="127.0.0.1"))
+            else:
+                ray.init()
+            started.append(True)
+        return ray
+
     try:
-        yield ray
+        yield start
     finally:
-        ray.shutdown()
-        restore_env(saved)
+        if started:
+            ray.shutdown()
+            restore_env(saved)
 
 
 def input_errors():

@@ -12,19 +12,22 @@ only). Neither starts training.
 
 Every result is kept in <eval.out>/scored.npz under a key of what it was measured with (the checkpoint's digest, the
 setting, the sample count and seed, the features and the reference's sources); a rerun takes the results whose key
-is there and scores only the rest. --force scores everything again.
+is there and scores only the rest (Ray starts only when something is left to score). --force scores everything
+again.
 """
 
 import sys
 from pathlib import Path
 
+import ray
+
 from jobs.common import fail, input_errors, ray_cluster, stage_parser
 from pipeline.checkpoint import checkpoint_file
 from pipeline.config import ConfigError, load_config
-from pipeline.dryrun import check_evaluation_inputs
 from pipeline.evaluation import (gamma_settings, schedule_sweep_settings, score_with_reuse, two_step_settings,
                                  write_report, write_schedule_sweep_report)
 from pipeline.evaluation.schedules import best_settings, parse_schedule_option
+from pipeline.preflight import preflight
 
 
 def parse_args(argv=None):
@@ -43,9 +46,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def evaluate(cfg, checkpoints, schedule_sweep=False, schedules=None, force=False):
+def evaluate(cfg, checkpoints, schedule_sweep=False, schedules=None, force=False, start_ray=None):
     """Run the evaluation (or the schedule sweep), reusing stored results; returns the report's path. schedules:
-    {checkpoint: its Settings} to score instead of eval.nfe × eval.gammas."""
+    {checkpoint: its Settings} to score instead of eval.nfe × eval.gammas. start_ray: called before the first result
+    is scored (a job's lazy cluster)."""
     out = Path(cfg.eval.out) / ("schedule_sweep" if schedule_sweep else "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.dump())
@@ -54,10 +58,10 @@ def evaluate(cfg, checkpoints, schedule_sweep=False, schedules=None, force=False
         gamma_settings(e.nfe, e.gammas) + two_step_settings(e.two_step)
     settings = schedules or {c: fixed for c in checkpoints}
     if schedule_sweep:
-        evaluation = score_with_reuse(cfg, checkpoints, settings, force=force)
+        evaluation = score_with_reuse(cfg, checkpoints, settings, force=force, start_ray=start_ray)
         return write_schedule_sweep_report(evaluation["results"], out, cfg.to_dict())
     evaluation = score_with_reuse(cfg, checkpoints, settings, teacher=e.teacher_fid, likelihood=e.likelihood,
-                                  force=force)
+                                  force=force, start_ray=start_ray)
     return write_report(evaluation, out, cfg.to_dict())
 
 
@@ -67,16 +71,16 @@ def main(argv=None):
         cfg = load_config(args.config, args.set + (["eval.teacher_fid=true"] if args.teacher else []))
         if not args.checkpoint and (args.schedule_sweep or not cfg.eval.teacher_fid):
             raise ConfigError("nothing to evaluate: pass --checkpoint DIR (or --teacher for the teacher alone)")
-        check_evaluation_inputs(cfg, args.checkpoint)  # each checkpoint read, every file there: before Ray starts
+        preflight(cfg, {"evaluate"}, args.checkpoint)  # each checkpoint read, every file there: before Ray starts
         checkpoints = [str(checkpoint_file(c).parent) for c in args.checkpoint]
         nfes = parse_schedule_option(args.schedule) if args.schedule else None
         schedules = {c: best_settings(c, nfes) for c in checkpoints} if args.schedule else None
     except input_errors() as e:
         return fail(e, 2)
     print(cfg.dump(), flush=True)
-    with ray_cluster(args.local_cpus) as ray:
+    with ray_cluster(args.local_cpus) as start:
         try:
-            report = evaluate(cfg, checkpoints, args.schedule_sweep, schedules, args.force)
+            report = evaluate(cfg, checkpoints, args.schedule_sweep, schedules, args.force, start)
         except (ray.exceptions.RayError, FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
             return fail(e, 1)
     print(f"report: {report}")

@@ -7,8 +7,8 @@
 
 Rerunning `generate` after a crash finishes the cache; a larger cache.num_records extends it; `generate` refuses a
 cache whose shards fail the quick check, and `generate --repair` rewrites shards that fail the full check and rebuilds
-a damaged manifest from the shards that verify. Exit status: 0 done, 1 verify found problems, 2 error (one line on
-stderr).
+a damaged manifest from the shards that verify; a complete cache is found so without starting Ray. Exit status:
+0 done, 1 verify found problems, 2 error (one line on stderr).
 """
 
 import sys
@@ -17,6 +17,7 @@ import traceback
 from jobs.common import fail, input_errors, ray_cluster, root_cause, stage_parser
 from pipeline.cache import CacheError, format_report, generate_cache, open_cache
 from pipeline.config import load_config
+from pipeline.preflight import preflight
 
 
 def parse_args(argv=None):
@@ -33,9 +34,13 @@ def parse_args(argv=None):
 def run(args):
     cfg = load_config(args.config, args.set)
     if args.command == "generate":
+        inputs = preflight(cfg, {"generate"})
         print(cfg.dump(), flush=True)
-        with ray_cluster(args.local_cpus):
-            cache = generate_cache(cfg, repair=args.repair)
+        cache = inputs.cache if inputs.cache_ready and not args.repair else None
+        if cache is None:
+            with ray_cluster(args.local_cpus) as start:
+                start()
+                cache = generate_cache(cfg, repair=args.repair)
         print(cache.describe())
         print(f"cache: {cache.url}")
         return 0

@@ -6,18 +6,22 @@ Fits or loads the teacher, builds (or reuses) the trajectory cache with Ray Data
 Train, evaluates the newest checkpoint with the evaluation actors, and writes a report directory: the FID table
 (Markdown and JSON), the FID-against-NFE plot, sample grids, the config used and the time each stage took. Run twice,
 the second run reuses the cache, continues (or finds finished) the training run, and reuses the evaluation results of
-an unchanged checkpoint and settings (kept in <out>/scored.npz; `jobs.evaluate --force` scores them again).
+an unchanged checkpoint and settings (kept in <out>/scored.npz; `jobs.evaluate --force` scores them again); Ray starts
+only for a stage with work, so a rerun of finished work starts none.
 """
 
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import ray
+
 from jobs.common import fail, input_errors, ray_cluster, stage_parser
 from pipeline.config import EMBEDDED_DEFAULT, load_config
-from pipeline.dryrun import dry_run
+from pipeline.preflight import preflight
 
 
 def parse_args(argv=None):
@@ -30,20 +34,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run_stages(cfg, out):
-    """generate → train → evaluate; returns {stage: seconds} and the evaluation report path."""
+def run_stages(cfg, out, inputs, start_ray):
+    """generate → train → evaluate on the preflight's `inputs`, each starting Ray (start_ray) only for work; returns
+    {stage: seconds}, the evaluation report path and the checkpoint."""
     from pipeline.cache import generate_cache
     from pipeline.train import run_training
     from jobs.evaluate import evaluate
 
     seconds = {}
     started = time.time()
-    cache = generate_cache(cfg)
+    if inputs.cache_ready:
+        cache = inputs.cache
+    else:
+        start_ray()
+        cache = generate_cache(cfg)
     seconds["generate"] = round(time.time() - started, 1)
     print(f"[quickstart] cache: {cache.url} ({cache.num_records} records)", flush=True)
 
     started = time.time()
-    result = run_training(cfg)
+    result = run_training(cfg, inputs=dataclasses.replace(inputs, cache=cache), start_ray=start_ray)
     seconds["train"] = round(time.time() - started, 1)
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint; see the run directory's logs")
@@ -53,30 +62,32 @@ def run_stages(cfg, out):
     started = time.time()
     cfg.eval.out = str(out)
     cfg.eval.teacher_fid = True
-    report = evaluate(cfg, [checkpoint])
+    report = evaluate(cfg, [checkpoint], start_ray=start_ray)
     seconds["evaluate"] = round(time.time() - started, 1)
     return seconds, Path(report), checkpoint
 
 
 def main(argv=None):
     args = parse_args(argv)
-    try:  # the dry run's checks of every stage's inputs, before Ray starts and before anything is written
+    started = time.time()
+    try:  # every stage's inputs, before Ray starts and before anything is written
         cfg = load_config(args.config or EMBEDDED_DEFAULT, args.set)
-        lines = dry_run(cfg)
+        inputs = preflight(cfg)
     except input_errors() as e:
         return fail(e, 2)
+    checked = round(time.time() - started, 1)
     print(cfg.dump(), flush=True)
     if args.dry_run:
-        print("\n".join(lines))
+        print("\n".join(inputs.lines))
         print("dry run: every path and shape checked; nothing ran")
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     # under `ray job submit` (RAY_ADDRESS set) the submitted-to cluster, else a local one with --local-cpus
-    with ray_cluster(None if os.environ.get("RAY_ADDRESS") else args.local_cpus) as ray:
+    with ray_cluster(None if os.environ.get("RAY_ADDRESS") else args.local_cpus) as start:
         try:
-            seconds, report, checkpoint = run_stages(cfg, out)
+            seconds, report, checkpoint = run_stages(cfg, out, inputs, start)
+            seconds = {"preflight": checked, **seconds}
         except input_errors() as e:  # found only as the stages read it (an image past the first, a cache shard)
             return fail(e, 2)
         except (ray.exceptions.RayError, RuntimeError) as e:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ctm.sampling import gamma_steps, jump_sample
-from ctm.schedule import karras_grid
+from ctm.sampling import gamma_steps, jump_sample, two_step_times
+from ctm.schedule import Grid
 from jobs.common import fail
 from pipeline.export import ExportError, load_checkpoint_student, load_export
 from pipeline.evaluation.schedules import best_schedule
@@ -86,14 +86,13 @@ def check_args(args):
 
 def schedule(args, info):
     """(t_steps, s_steps, description) of the jumps on the run's grid info["grid"] = {N, sigma_min, sigma_max, rho}."""
-    grid = info["grid"]
+    grid = Grid(**info["grid"])
     if args.two_step:
         i1, i2 = args.two_step
-        if not 0 < i2 <= i1 < grid["N"] - 1:
-            raise SampleError(f"--two-step needs 0 < I2 <= I1 < N-1 = {grid['N'] - 1} on the run's grid, "
+        if not 0 < i2 <= i1 < grid.N - 1:
+            raise SampleError(f"--two-step needs 0 < I2 <= I1 < N-1 = {grid.N - 1} on the run's grid, "
                               f"got {i1} {i2}")
-        t = karras_grid(grid["N"], grid["sigma_min"], grid["sigma_max"], grid["rho"]).tolist()
-        return [t[0], t[i2], t[-1]], [t[i1], t[-1]], f"2-step i1={i1} i2={i2}"
+        return (*two_step_times(grid, i1, i2), f"2-step i1={i1} i2={i2}")
     if args.schedule:
         nfe = args.nfe or 2
         if args.export:
@@ -111,7 +110,7 @@ def schedule(args, info):
     nfe, gamma = args.nfe or 1, args.gamma or 0.0
     if nfe < 1 or not 0 <= gamma <= 1:
         raise SampleError(f"need --nfe >= 1 and 0 <= --gamma <= 1, got {nfe} and {gamma}")
-    t_steps, s_steps = gamma_steps(nfe, gamma, grid["sigma_min"], grid["sigma_max"], grid["rho"])
+    t_steps, s_steps = gamma_steps(nfe, gamma, grid)
     return t_steps, s_steps, f"NFE {nfe} γ={gamma:g}"
 
 

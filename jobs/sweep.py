@@ -15,7 +15,7 @@ import sys
 
 from jobs.common import fail, input_errors, ray_cluster, stage_parser
 from pipeline.config import load_config
-from pipeline.dryrun import dry_run
+from pipeline.preflight import preflight
 from pipeline.sweep import check_sweep, run_sweep
 
 
@@ -26,11 +26,12 @@ def main(argv=None):
     try:  # the search space and every input the trials read, before Ray starts
         cfg = load_config(args.config, args.set)
         check_sweep(cfg)
-        dry_run(cfg)
+        preflight(cfg)
     except input_errors() as e:
         return fail(e, 2)
     print(cfg.dump(), flush=True)
-    with ray_cluster(args.local_cpus):
+    with ray_cluster(args.local_cpus) as start:
+        start()
         try:
             outcome = run_sweep(cfg, restore=args.restore)
         except input_errors() as e:

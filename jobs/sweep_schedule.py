@@ -15,8 +15,7 @@ import sys
 from jobs.common import fail, ray_cluster, stage_parser
 from pipeline.checkpoint import checkpoint_file
 from pipeline.config import ConfigError, load_config
-from pipeline.datasets import check_dataset
-from pipeline.evaluation.features import check_features
+from pipeline.preflight import preflight
 from pipeline.schedule_search import SEARCHERS, check_search, run_schedule_search
 
 
@@ -38,13 +37,12 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        checkpoint_file(args.checkpoint)
         check_search(args.searcher, args.nfe, args.trials)
-        check_features(cfg)
-        check_dataset(cfg.data)
+        preflight(cfg, {"evaluate"}, [args.checkpoint])
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return fail(e, 2)
-    with ray_cluster(args.local_cpus) as ray:
+    with ray_cluster(args.local_cpus) as start:
+        ray = start()
         try:
             outcome = run_schedule_search(cfg, args.checkpoint, args.nfe, args.searcher, args.trials, args.seed,
                                           args.storage_path, args.name, args.restore)

@@ -12,7 +12,7 @@ The official CIFAR-10 recipe is two runs (docs/method.md §3): CTM + DSM, then a
         --from-checkpoint runs/cifar10_uncond/train/cifar10_uncond/checkpoint_0050000
 
 Runs on the cluster `ray.init()` finds (RAY_ADDRESS under `ray job submit`, else a local one). Rerunning the same
-command continues the run from its newest checkpoint. Exit status: 0 done, 2 bad input (nothing ran) or a
+command continues the run from its newest checkpoint; a finished run is found so without starting Ray. Exit status: 0 done, 2 bad input (nothing ran) or a
 failure a retry would meet again (a non-finite loss, a damaged shard or checkpoint: one line names it), 1 training
 failed beyond train.max_failures.
 """
@@ -23,8 +23,8 @@ import ray.train
 
 from jobs.common import fail, input_errors, ray_cluster, stage_parser
 from pipeline.config import load_config
+from pipeline.preflight import preflight
 from pipeline.train import run_training
-from pipeline.train.trainer import check_training_inputs
 
 
 FROM_CHECKPOINT_HELP = ("start a new run from another run's checkpoint (directory, checkpoint.pt or URL): sets "
@@ -48,13 +48,13 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:  # every input, before Ray starts and before the run directory is written
         cfg = config(args)
-        check_training_inputs(cfg)
+        inputs = preflight(cfg, {"train"})
     except input_errors() as e:
         return fail(e, 2)
     print(cfg.dump(), flush=True)
-    with ray_cluster(args.local_cpus):
+    with ray_cluster(args.local_cpus) as start:
         try:
-            result = run_training(cfg)
+            result = run_training(cfg, inputs=inputs, start_ray=start)
         except input_errors() as e:
             return fail(e, 2)
         except ray.train.TrainingFailedError as e:

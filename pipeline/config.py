@@ -5,6 +5,7 @@ An unknown key, a wrong type or an impossible value stops the run with a message
 
 import copy
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from ctm.schedule import Grid
 
 
 class ConfigError(ValueError):
@@ -46,9 +49,9 @@ class GridConfig:
     rho: float = 7.0
     K: int | None = None              # largest number of teacher steps k (None = N − 1)
 
-    @property
-    def K_max(self):
-        return self.N - 1 if self.K is None else self.K
+    def grid(self):
+        """The `ctm.schedule.Grid` every stage takes (its K resolved: N − 1 when None)."""
+        return Grid(self.N, self.sigma_min, self.sigma_max, self.rho, self.K)
 
 
 @dataclass
@@ -99,6 +102,7 @@ class TrainConfig:
     gan_start: int | None = None      # step at which the GAN stage starts (None = no GAN)
     discriminator: str = "tiny"       # tiny | tf_efficientnet_lite0+deit_base_distilled_patch16_224 (official) | efficientnet_b0+vit_b_16
     discriminator_weights: dict = field(default_factory=dict)
+    diffaug: str = "color,translation,cutout"  # DiffAugment of D's real and fake inputs (official); "" = none
     num_workers: int = 1
     gpus_per_worker: float = 1.0      # used only when the cluster has GPUs
     cpus_per_worker: float = 1.0
@@ -112,6 +116,9 @@ class TrainConfig:
     num_to_keep: int = 3
     max_failures: int = 3
     log_every: int = 20
+    tensorboard: bool = True          # rank 0 writes TensorBoard event files into <run>/tensorboard
+    mlflow: dict | None = None        # {tracking_uri: ..., experiment: ...} logs to MLflow (extra [mlflow]); null: off
+    wandb: dict | None = None         # {project: ..., mode: offline} logs to W&B (extra [wandb]); null: off
     seed: int = 0
     fail_at_step: int | None = None   # TEST ONLY: rank 0 dies once at this step (a marker in the run dir stops repeats)
 
@@ -386,7 +393,7 @@ def validate(cfg):
          f"need 0 < sigma_min < sigma_max, got {g.sigma_min} and {g.sigma_max}")
     _number("grid.rho", g.rho, low=0, low_open=True)  # the Karras ramp raises to 1/ρ (EDM eq. 5)
     _optional(_count, "grid.K", g.K)
-    need(1 <= g.K_max <= g.N - 1, "grid.K", f"need 1 <= K <= N-1 = {g.N - 1}, got {g.K}")
+    need(g.K is None or 1 <= g.K <= g.N - 1, "grid.K", f"need 1 <= K <= N-1 = {g.N - 1}, got {g.K}")
     need(cfg.data.name in ("digits", "cifar10", "imagenet64", "folder"), "data.name",
          f"must be digits, cifar10, imagenet64 or folder, got {cfg.data.name!r}")
     need(cfg.data.name == "digits" or cfg.data.path, "data.path", f"dataset {cfg.data.name!r} needs a path")
@@ -453,6 +460,9 @@ def _check_train(t, need):
     _optional(_number, "train.lambda_dsm", t.lambda_dsm, low=0)
     _optional(_number, "train.lambda_gan", t.lambda_gan, low=0)
     _optional(_count, "train.gan_start", t.gan_start, low=0)
+    need(set(t.diffaug.split(",")) <= {"", "color", "translation", "cutout"},
+         "train.diffaug", f"comma-separated DiffAugment policies of color, translation, cutout (or '' for none), "
+         f"got {t.diffaug!r}")
     _gpus("train.gpus_per_worker", t.gpus_per_worker)
     _number("train.cpus_per_worker", t.cpus_per_worker, low=0)
     _count("train.max_failures", t.max_failures, low=-1)  # -1: retry forever
@@ -464,6 +474,13 @@ def _check_train(t, need):
          "resets θ⁻ from train.init_checkpoint's EMA; set train.init_checkpoint (or use --from-checkpoint DIR)")
     need(t.fail_at_step is None or (isinstance(t.fail_at_step, int) and 0 <= t.fail_at_step < t.steps),
          "train.fail_at_step", "test-only; must lie in [0, steps)")
+    need(t.mlflow is None or "tracking_uri" in t.mlflow, "train.mlflow", "needs its tracking_uri (nothing is sent "
+         "anywhere unless asked; a local folder works: file:///path/mlruns)")
+    for key, allowed in (("mlflow", {"tracking_uri", "experiment"}), ("wandb", {"project", "mode", "entity", "group"})):
+        value = getattr(t, key)
+        need(value is None or set(value) <= allowed, f"train.{key}", f"takes {sorted(allowed)}, got {value}")
+        need(value is None or importlib.util.find_spec(key) is not None, f"train.{key}",
+             f"is set, but {key} is not installed: pip install 'ctm-ray[{key}]' (or set train.{key}=null)")
 
 
 def _check_eval(e, g, need):

@@ -5,18 +5,18 @@ import pytest
 import torch
 from scipy import stats
 
-from ctm.schedule import joint_nk, karras_grid, marginal_n, sample_n
-from ctm.solver import heun_trajectory
-from pipeline.cache.draws import draw_k, draw_n, hash_uniform
-from pipeline.cache.records import RecordSpec, draw_record, heun_from_starts, make_records, record_seed
+from ctm.schedule import Grid, joint_nk, karras_grid, marginal_n, sample_n
+from ctm.seeding import READ_K, READ_N, hash_uniform, record_seed
+from ctm.solver import heun_from_starts, heun_trajectory
+from pipeline.cache.draws import draw_k, draw_n
+from pipeline.cache.records import RecordSpec, draw_record, make_records
 from pipeline.config import DataConfig
 from pipeline.datasets import load_dataset, open_dataset
 from conftest import make_gmm
 
 
 def spec(mode="data", N=8, K=7, dtype="float16", **kw):
-    grid = tuple(karras_grid(N).tolist())
-    return RecordSpec(seed=3, grid=grid, K=K, mode=mode, image_shape=kw.get("image_shape", (1, 2, 2)),
+    return RecordSpec(seed=3, grid=Grid(N, K=K), mode=mode, image_shape=kw.get("image_shape", (1, 2, 2)),
                       hflip=kw.get("hflip", True),
                       conditional=kw.get("conditional", False), label_dim=kw.get("label_dim", 0), dtype=dtype,
                       compute_dtype="float64")
@@ -89,7 +89,7 @@ def test_record_start_state_is_x0_plus_t_n_z():
         x0 = images[j][..., ::-1] if flip else images[j]
         assert rec["seed"][i] == seed and rec["start"][i] == n and rec["data_index"][i] == j and rec["flip"][i] == flip
         np.testing.assert_array_equal(rec["x0"][i], x0)
-        expected = (torch.from_numpy(x0.copy()).double() + s.grid[n] * z.double()).float().numpy()
+        expected = (torch.from_numpy(x0.copy()).double() + s.grid.t[n] * z.double()).float().numpy()
         np.testing.assert_array_equal(rec["states"][i, n], expected)
         assert np.isnan(rec["states"][i, :n]).all() and np.isfinite(rec["states"][i, n:]).all()
 
@@ -113,12 +113,13 @@ def test_records_read_from_an_image_source_are_those_of_the_whole_float_array(tm
 
 def test_hash_uniform_is_uniform_and_keyed_by_seed_epoch_and_stream():
     index = np.arange(20000)
-    u = hash_uniform(0, 0, index, 2)
+    u = hash_uniform(0, 0, index, READ_K)
     assert stats.kstest(u, "uniform").pvalue > 1e-3
-    assert np.array_equal(u, hash_uniform(0, 0, index, 2))
-    for other in (hash_uniform(1, 0, index, 2), hash_uniform(0, 1, index, 2), hash_uniform(0, 0, index, 1)):
+    assert np.array_equal(u, hash_uniform(0, 0, index, READ_K))
+    others = (hash_uniform(1, 0, index, READ_K), hash_uniform(0, 1, index, READ_K), hash_uniform(0, 0, index, READ_N))
+    for other in others:
         assert abs(np.corrcoef(u, other)[0, 1]) < 0.05
-    assert np.array_equal(hash_uniform(0, 0, index[7:9], 2), u[7:9])  # a record's u ignores the others
+    assert np.array_equal(hash_uniform(0, 0, index[7:9], READ_K), u[7:9])  # a record's u ignores the others
 
 
 def test_read_time_draws_reproduce_the_official_law():

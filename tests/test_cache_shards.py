@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from conftest import make_gmm
-from ctm.schedule import karras_grid
+from ctm.schedule import Grid
 from pipeline.cache.cache import leftovers, remove_leftovers
 from pipeline.cache.errors import DamagedShardError, NonFiniteStatesError
 from pipeline.cache.records import RecordSpec, make_records
@@ -21,7 +21,7 @@ CHUNK, INDEX = 2 * 16 + 4, 12 * N * 16 + 4  # a float16 state + crc32c; the stat
 
 
 def spec(mode):
-    return RecordSpec(seed=0, grid=tuple(karras_grid(N).tolist()), K=N - 1, mode=mode, image_shape=SHAPE,
+    return RecordSpec(seed=0, grid=Grid(N), mode=mode, image_shape=SHAPE,
                       hflip=True, conditional=False, label_dim=0, dtype="float16", compute_dtype="float64")
 
 

@@ -50,7 +50,7 @@ def _leaves(tree):
 def test_paper_configs_carry_the_official_hyperparameters(name):
     cfg, want = load_config(CONFIGS / name), PAPER[name]
     g, t, e = cfg.grid, cfg.train, cfg.eval
-    assert (g.N, g.K_max, g.sigma_min, g.sigma_max, g.rho) == (want["N"], want["K"], 0.002, 80.0, 7.0)
+    assert (g.N, g.grid().K, g.sigma_min, g.sigma_max, g.rho) == (want["N"], want["K"], 0.002, 80.0, 7.0)
     assert cfg.teacher.kind == want["kind"] and cfg.teacher.path == f"weights/{want['teacher']}"
     assert cfg.data.name == want["data"] and cfg.data.hflip and cfg.data.use_labels == want["labels"]
     assert (t.batch_size, t.micro_batch, t.lr, t.lr_d, t.betas_d) == (want["batch"], want["micro"], 4e-4, 2e-3,
@@ -113,7 +113,7 @@ def test_a_typo_in_a_config_is_refused(tmp_path):
     ("eval.gammas=[0.0, .nan]", "eval.gammas"), ("eval.num_samples=1", "eval.num_samples"),
     ("eval.two_step=[[a, 1]]", "eval.two_step"), ("sweep.gamma=.inf", "sweep.gamma"),
     ("sweep.cpus_per_trial=.inf", "sweep.cpus_per_trial"), ("student.init_lr=.inf", "student.init_lr"),
-    ("teacher.components=0", "teacher.components"),
+    ("teacher.components=0", "teacher.components"), ("train.diffaug=color,blur", "train.diffaug"),
 ])
 def test_impossible_numbers_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):

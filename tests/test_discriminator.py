@@ -5,6 +5,7 @@ import torchvision
 from torch.nn.utils import parametrize
 
 import ctm.discriminator as discriminator
+from ctm.diffaug import diff_augment
 from ctm.discriminator import (
     DownBlock,
     PatchHead,
@@ -312,3 +313,26 @@ def test_pixel_discriminator_reads_tiny_images_with_its_own_trainable_features()
         build_discriminator("pixels", img_channels=1)
     with pytest.raises(ValueError, match="8-pixel images"):
         D(torch.zeros(1, 1, 16, 16))
+
+
+def test_pixel_discriminator_augments_by_the_configured_policy_only():
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    seen = []
+    for policy in ("", "translation"):
+        D = build_discriminator("pixels", img_channels=1, img_resolution=8, diffaug_policy=policy).train()
+        D.net.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+        torch.manual_seed(0)
+        D(x)
+    torch.manual_seed(0)
+    assert torch.equal(seen[0], x)  # no DiffAugment: training mode reads the images as they are
+    assert torch.equal(seen[1], diff_augment(x, "translation")) and not torch.equal(seen[1], x)
+
+
+def test_train_state_builds_d_with_the_configured_diffaug():
+    from pipeline.config import EMBEDDED_DEFAULT, load_config
+    from pipeline.train.state import build_state
+    cfg = load_config(EMBEDDED_DEFAULT, ["train.gan_start=0", "train.diffaug=translation,cutout",
+                                         "student.init_from_teacher=false"])
+    kwargs = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
+                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    assert build_state(cfg, kwargs, None, "cpu").D.diffaug_policy == "translation,cutout"

@@ -41,7 +41,7 @@ def test_actor_fid_equals_cleanfid_compute_fid_on_the_same_images(setup, tmp_pat
     assert isinstance(ref, ray.ObjectRef)  # handed over without waiting
     result, = ray.get(ref)
     G, _ = load_student(ckpt)
-    images = torch.cat(list(sample_batches(G, Setting(2, 0.0), cfg.grid, NUM, BATCH, cfg.eval.seed, (1, 8, 8))))
+    images = torch.cat(list(sample_batches(G, Setting(2, 0.0), cfg.grid.grid(), NUM, BATCH, cfg.eval.seed, (1, 8, 8))))
     replay = iter(to_pixels(images).split(BATCH))
     for i, img in enumerate(to_pixels(torch.from_numpy(load_digits_images()[0])).numpy()):
         np.save(tmp_path / f"{i:04d}.npy", img.transpose(1, 2, 0))

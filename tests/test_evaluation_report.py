@@ -9,7 +9,7 @@ from pipeline.evaluation.schedule_sweep import best_per_nfe, write_schedule_swee
 from pipeline.evaluation.report import fid_table, write_report
 from pipeline.evaluation.settings import Setting
 
-GRID = load_config().grid
+GRID = load_config().grid.grid()
 MEASURED = {"features": {"name": "digits-mlp-64", "digest": "d", "description": "test"},
             "reference": {"dataset": "digits", "count": 1797, "source": "computed"},
             "real_vs_real": {"fd": 0.5, "n": 100, "against": 1697, "how": "split"}, "num_samples": 100}

@@ -7,7 +7,7 @@ from ctm.schedule import karras_grid
 from pipeline.config import load_config
 from pipeline.evaluation.settings import Setting, gamma_settings, sample_batches, two_step_settings
 
-GRID = load_config().grid
+GRID = load_config().grid.grid()
 
 
 def point_mass_flow(x, t, s, class_labels=None):

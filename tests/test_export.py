@@ -276,7 +276,8 @@ def test_an_export_carries_the_searched_schedules_of_its_weights(checkpoint, tmp
     """schedules.json beside the checkpoint goes into the export (entries searched with the exported EMA only), and
     `--schedule best` samples it from either source alike."""
     from ctm.sampling import gamma_steps
-    t_steps, s_steps = gamma_steps(2, 0.6, 0.004, 40.0, 7.0)
+    from ctm.schedule import Grid
+    t_steps, s_steps = gamma_steps(2, 0.6, Grid(12, 0.004, 40.0, 7.0))
     entry = {"nfe": 2, "gamma": 0.6, "sigmas": [t_steps[1]], "fid": 0.5, "ema_rate": 0.999, "features": "digits",
              "num_samples": 100, "seed": 0, "t_steps": list(t_steps), "s_steps": list(s_steps), "search": {}}
     other = {**entry, "nfe": 3, "ema_rate": 0.9999}

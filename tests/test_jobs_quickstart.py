@@ -1,6 +1,10 @@
+import contextlib
 import json
 from pathlib import Path
 
+import pytest
+
+import jobs.quickstart
 from jobs.quickstart import main
 
 
@@ -18,7 +22,13 @@ def run(tmp_path, *extra):
     return main(argv + list(extra))
 
 
-def test_quickstart_runs_every_stage_and_reuses_the_cache_and_the_results(ray_cluster, tmp_path, capsys):
+@contextlib.contextmanager
+def no_ray_start(local_cpus=None):
+    """A stage's lazy cluster whose start fails the test."""
+    yield lambda: pytest.fail("Ray was started for a stage with nothing to do")
+
+
+def test_quickstart_runs_every_stage_and_reuses_the_cache_and_the_results(ray_cluster, tmp_path, capsys, monkeypatch):
     assert run(tmp_path) == 0
     report = tmp_path / "report"
     results = json.loads((report / "results.json").read_text())
@@ -28,11 +38,13 @@ def test_quickstart_runs_every_stage_and_reuses_the_cache_and_the_results(ray_cl
     shards = sorted((manifest.parent / "shards").iterdir())
     stamps = [(p.name, p.stat().st_mtime_ns) for p in shards]
     capsys.readouterr()
+    monkeypatch.setattr(jobs.quickstart, "ray_cluster", no_ray_start)
     assert run(tmp_path) == 0  # second run: the cache is reused, training is already finished, the results reused
     assert [(p.name, p.stat().st_mtime_ns) for p in sorted((manifest.parent / "shards").iterdir())] == stamps
     out = capsys.readouterr().out
     scored = len(results["results"]) + 1  # every setting and the teacher
     assert "report:" in out and f"reused {scored} results from {report / 'scored.npz'}" in out
+    assert "the run is finished at step 12 (checkpoint_0000012); nothing to train" in out
     assert "scoring" not in out and json.loads((report / "results.json").read_text())["results"] == results["results"]
 
 

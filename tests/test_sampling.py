@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ctm.sampling import gamma_landings, gamma_sample, gamma_sample_at, gamma_steps, jump_sample, two_step_sample
-from ctm.schedule import karras_grid
+from ctm.schedule import Grid
 
 
 def test_gamma_steps():
@@ -38,10 +38,10 @@ def test_gamma_one_renoises_and_two_step_variant(gmm2d):
     out2 = gamma_sample(G, latents, 3, 1.0, generator=torch.Generator().manual_seed(1))
     assert [s for _, s in calls] == [0.002] * 6 and not torch.allclose(out1, out2)
     calls.clear()
-    grid = karras_grid(40)
-    two_step_sample(G, latents, grid, i1=36, i2=20)
-    assert calls == [(80.0, float(grid[36])), (float(grid[20]), 0.002)]
-    assert math.isclose(float(grid[36]), 0.0108, abs_tol=2e-4) and math.isclose(float(grid[20]), 2.24, abs_tol=0.01)
+    t = Grid(40).t
+    two_step_sample(G, latents, Grid(40), i1=36, i2=20)
+    assert calls == [(80.0, float(t[36])), (float(t[20]), 0.002)]
+    assert math.isclose(float(t[36]), 0.0108, abs_tol=2e-4) and math.isclose(float(t[20]), 2.24, abs_tol=0.01)
     with pytest.raises(ValueError):
         jump_sample(G, latents, [80.0, 1.0, 0.002], [2.0, 0.002])  # s above the next t
 
@@ -77,3 +77,10 @@ def test_gamma_sample_at_explicit_times_jumps_as_the_law_says():
         gamma_landings([80.0, 0.1, 1.0, 0.002], 0.0)
     with pytest.raises(ValueError, match="gamma"):
         gamma_landings([80.0, 0.002], 1.5)
+
+
+def test_gamma_steps_follow_the_grid_they_are_given():
+    grid = Grid(12, 0.004, 40.0, 5.0)
+    t, s = gamma_steps(2, 0.0, grid)
+    assert t[0] == 40.0 and t[-1] == 0.004 and s == [t[1], 0.004]
+    assert math.isclose(t[1], ((40 ** 0.2 + 0.004 ** 0.2) / 2) ** 5, rel_tol=1e-14)  # the ρ-ramp's midpoint, ρ = 5

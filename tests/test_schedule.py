@@ -110,3 +110,16 @@ def test_one_k_per_step_follows_p_k():
     g = torch.Generator().manual_seed(6)
     counts = np.bincount([sample_k(17, g) for _ in range(20000)], minlength=18)
     assert counts[0] == 0 and chi2_pvalue(counts[1:], k_probs(17).numpy()) > 1e-3
+
+
+def test_the_grid_draws_the_official_law_of_its_N_and_K():
+    from ctm.schedule import Grid, k_from_uniform, n_from_uniform
+    grid = Grid(10, K=4)
+    k, n, j = grid.sample_official(64, torch.Generator().manual_seed(5))
+    k_, n_, j_ = sample_official(64, 10, 4, torch.Generator().manual_seed(5))
+    assert k == k_ and torch.equal(n, n_) and torch.equal(j, j_)
+    assert 1 <= k <= 4 and (n <= 9 - k).all() and (j >= n + k).all() and (j <= 9).all()
+    u = np.array([0.0, 0.5, 1 - 2 ** -53])  # the inverse CDFs at the ends land on the first and last values with mass
+    n = n_from_uniform(u, 10, 4)
+    assert n[0] == 0 and n[-1] == 8 and (k_from_uniform(n, u, 10, 4) <= 9 - n).all()
+    assert k_from_uniform(np.array([0]), np.array([1 - 2 ** -53]), 10, 4)[0] == 4

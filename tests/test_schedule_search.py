@@ -29,7 +29,7 @@ from pipeline.schedule_search import default_params, grid_values, run_schedule_s
 from pipeline.schedule_search.space import gamma_from_landing, grid_counts, num_trials, random_schedules
 from pipeline.sweep.trial import schedule_note, score
 
-GRID = load_config().grid
+GRID = load_config().grid.grid()
 TRIALS = 4
 
 

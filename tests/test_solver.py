@@ -3,7 +3,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from ctm.schedule import karras_grid
-from ctm.solver import edm_sampler, heun_step, heun_trajectory
+from ctm.solver import edm_sampler, heun, heun_step, heun_trajectory
 
 
 def reference_solve(teacher, x, t_from, t_to):
@@ -50,3 +50,13 @@ def test_edm_sampler_counts_and_final_step(gmm2d):
     assert len(calls) == 35  # 17 Heun steps + one Euler step to σ = 0
     last = heun_trajectory(gmm2d.denoise, latents * 80, t)[-1]
     torch.testing.assert_close(out, gmm2d.denoise(last, 0.002))
+
+
+def test_heun_step_takes_per_sample_times_as_floats_do(gmm2d):
+    t = karras_grid(18)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 20
+    i = torch.tensor([2, 5, 11])
+    batched = heun_step(gmm2d.denoise, x, t[i], t[i + 1])
+    for row, j in enumerate(i.tolist()):
+        assert torch.equal(batched[row], heun_step(gmm2d.denoise, x[row:row + 1], float(t[j]), float(t[j + 1]))[0])
+    assert torch.equal(heun(gmm2d.denoise, x, t), heun_trajectory(gmm2d.denoise, x, t)[-1])

@@ -1,5 +1,5 @@
-"""Tune sweeps of the training config: search-space checks, trial chunks, and one shared three-trial sweep that is
-interrupted by an injected trial failure, then restored, then judged."""
+"""Tune sweeps of the training config: search-space checks, trial configs, and one shared three-trial sweep that is
+interrupted by an injected trial failure, then restored, then judged; each trial starts Ray Train once."""
 
 import json
 import math
@@ -17,7 +17,6 @@ from pipeline.config import EMBEDDED_DEFAULT, ConfigError, load_config
 from pipeline.evaluation import EvaluatorPool
 from pipeline.sweep import check_search_space, milestones, param_space, run_sweep, trial_config
 from pipeline.sweep.space import num_trials
-from pipeline.sweep.trial import chunk_config
 
 SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "train.fail_at_step": {"grid_search": [None, 0, None]}}
 
@@ -64,14 +63,14 @@ def test_bad_search_spaces_are_refused_naming_the_key(space, message):
         check_search_space(cfg)
 
 
-def test_trial_chunks_end_at_the_milestones_and_arm_the_fault_only_in_its_chunk(tmp_path):
+def test_a_trial_runs_all_its_steps_with_a_checkpoint_at_every_milestone(tmp_path):
     assert milestones(5, 2) == [2, 4, 5] and milestones(4, 2) == [2, 4] and milestones(3, 10) == [3]
-    base = load_config(overrides=["train.steps=5", "train.fail_at_step=3"]).to_dict()
+    base = load_config(overrides=["train.steps=50", "train.fail_at_step=3", "train.checkpoint_every=15",
+                                  "sweep.report_every=10"]).to_dict()
     cfg = trial_config(base, {"train.lr": np.float64(2e-4), "train.seed": np.int64(7)}, str(tmp_path), "abc_00001")
     assert (cfg.train.lr, cfg.train.seed, cfg.train.run_name, cfg.train.storage_path) == \
         (2e-4, 7, "abc_00001", str(tmp_path)) and type(cfg.train.seed) is int
-    assert [(c.train.steps, c.train.fail_at_step) for c in (chunk_config(cfg, 0, 2), chunk_config(cfg, 2, 4),
-                                                            chunk_config(cfg, 4, 5))] == [(2, None), (4, 3), (5, None)]
+    assert (cfg.train.steps, cfg.train.fail_at_step, cfg.train.checkpoint_every) == (50, 3, 5)  # gcd(15, 10)
 
 
 def test_the_job_refuses_bad_input_before_anything_runs(tmp_path, capsys):
@@ -100,17 +99,24 @@ def finished_trial_files(exp, trial_id):
     return run, tune_files
 
 
+def train_controllers():
+    """Ray Train controllers this cluster has started (one per TorchTrainer.fit), dead or alive."""
+    import ray._private.state
+    return sum("TrainController" in a["ActorClassName"] for a in ray._private.state.actors().values())
+
+
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
     """The shared sweep: run until the injected failure interrupts it, then restored to the end."""
     root = tmp_path_factory.mktemp("sweep")
     cfg = sweep_config(root)
-    exp, quiet, pool = root / "s", lambda *a: None, EvaluatorPool(cfg)
+    exp, quiet, pool, controllers = root / "s", lambda *a: None, EvaluatorPool(cfg), train_controllers()
     try:
         first = run_sweep(cfg, callbacks=[InterruptAtFirstError()], pool=pool, log=quiet)
         state = {"cfg": cfg, "exp": exp, "first": first, "best_saved_early": (exp / "best.json").exists(),
                  "before": finished_trial_files(exp, first["trials"][0]["trial_id"])}
         state["second"] = run_sweep(cfg, restore=True, pool=pool, log=quiet)
+        state["train_starts"] = train_controllers() - controllers
     finally:
         pool.shutdown()
     return state
@@ -137,6 +143,16 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep):
     results = (exp / f"trial_{t0['trial_id']}" / "result.json").read_text().splitlines()
     assert [json.loads(r)["training_iteration"] for r in results] == [1, 2]
     assert t1["status"] == "error" and t2["status"] in ("done", "stopped") and math.isfinite(t2["fid"])
+
+
+def test_each_trial_starts_ray_train_once_and_reports_every_milestone(sweep):
+    exp, second = sweep["exp"], sweep["second"]
+    assert sweep["train_starts"] == 3  # three trials, each one TorchTrainer.fit for all its milestones
+    t0 = second["trials"][0]
+    reports = [json.loads(r) for r in (exp / f"trial_{t0['trial_id']}" / "result.json").read_text().splitlines()]
+    assert [(r["step"], r["training_iteration"]) for r in reports] == [(1, 1), (2, 2)]
+    assert all(math.isfinite(r["fid"]) and r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in reports)
+    assert [r["checkpoint_path"].rsplit("/", 1)[1] for r in reports] == ["checkpoint_0000001", "checkpoint_0000002"]
 
 
 def test_the_sweep_reports_fid_per_trial_and_saves_the_best(sweep):

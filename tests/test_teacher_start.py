@@ -1,15 +1,15 @@
 import copy
-from types import SimpleNamespace
 
 import torch
 
 from ctm.digits import load_digits_images
 from ctm.networks import tiny_songunet_kwargs
+from ctm.schedule import Grid
 from ctm.student import CTMPrecond
 from ctm.teacher_start import TeacherRegressionLoss, regress_onto_teacher
 from tests.conftest import make_gmm
 
-GRID = SimpleNamespace(sigma_min=0.002, sigma_max=80.0, rho=7.0)
+GRID = Grid()
 
 
 def test_regression_loss_is_zero_at_the_teacher_and_edm_weighted_elsewhere():

@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from ctm.digits import fit_digits_teacher
-from ctm.schedule import karras_grid
+from ctm.schedule import Grid
 from pipeline.cache import CacheMismatchError, DamagedShardError, cache_dataset, generate_cache, open_cache
 from pipeline.checkpoint import load_student
 from pipeline.config import load_config
 from pipeline.teachers import build_teacher
-from pipeline.train import preflight, run_training
+from pipeline.preflight import preflight
+from pipeline.train import run_training
 from pipeline.train.state import build_state, student_kwargs
 from pipeline.train.step import CTMStep
 
-GRID = karras_grid(18)
+GRID = Grid(18)
 
 
 def config(root, *overrides):
@@ -83,7 +84,7 @@ def test_a_cache_for_another_grid_is_refused(caches):
     root, cache = caches["float32"]
     cfg = config(root, f"cache.root={cache.url}", "cache.dtype=float32", "grid.N=12")
     with pytest.raises(CacheMismatchError, match="grid.N"):
-        preflight(cfg)
+        preflight(cfg, {"train"})
 
 
 def test_a_damaged_shard_is_refused_before_any_step(caches, tmp_path):
@@ -96,4 +97,4 @@ def test_a_damaged_shard_is_refused_before_any_step(caches, tmp_path):
     victim = max((p for p in shard.rglob("*") if p.is_file() and "states" in str(p)), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[:-7])
     with pytest.raises(DamagedShardError, match="shard 1"):
-        preflight(config(tmp_path, "cache.dtype=float32"))
+        preflight(config(tmp_path, "cache.dtype=float32"), {"train"})

@@ -167,3 +167,16 @@ def test_a_flipped_byte_in_a_tensor_is_refused_with_the_file_named(teacher, tmp_
     file.write_bytes(good)
     with pytest.warns(UserWarning, match="no checkpoint.sha256"):
         assert load_checkpoint(tmp_path)["step"] == 17
+
+
+def test_the_preflight_takes_a_checkpoint_of_this_student_and_refuses_another(teacher, tmp_path):
+    """The student a checkpoint records (CTMPrecond's full constructor arguments) against the config's: the same tiny
+    student passes; another width is named."""
+    from pipeline.config import ConfigError
+    from pipeline.preflight import check_init_checkpoint
+    save(tmp_path, config(), perturbed(config("train.gan_start=0"), teacher, 7))
+    cfg = config(f"train.init_checkpoint={tmp_path}")
+    assert check_init_checkpoint(cfg, student_kwargs(cfg, teacher)).endswith("(step 17)")
+    wider = {**student_kwargs(cfg, teacher), "model_channels": 64}
+    with pytest.raises(ConfigError, match=r"its student differs from this config's in \['model_channels'\]"):
+        check_init_checkpoint(cfg, wider)

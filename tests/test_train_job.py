@@ -5,7 +5,8 @@ import pytest
 from jobs.train import main
 from pipeline.cache import CacheNotFoundError
 from pipeline.config import load_config
-from pipeline.train import preflight
+from pipeline.preflight import preflight
+from pipeline.train.trainer import loop_inputs
 
 
 def test_a_batch_that_does_not_divide_is_refused(capsys):
@@ -30,16 +31,16 @@ def test_a_missing_cache_is_refused(teacher_path, tmp_path):
     cfg = load_config(overrides=["student.architecture=tiny", "student.init_steps=10", f"cache.root={tmp_path}", "train.distance=l2",
                                  f"teacher.path={teacher_path}"])
     with pytest.raises(CacheNotFoundError, match="generate_trajectories"):
-        preflight(cfg)
+        preflight(cfg, {"train"})
 
 
 def test_the_tiny_student_mirrors_the_teacher_and_teacher_architecture_needs_an_edm_teacher(teacher_path, tmp_path):
     common = ["train.teacher_mode=online", "train.distance=l2", f"teacher.path={teacher_path}",
               f"cache.root={tmp_path}"]  # the student start is cached there
     with pytest.raises(ValueError, match="student.architecture=tiny"):
-        preflight(load_config(overrides=common + ["student.architecture=teacher"]))
-    loop_config, datasets = preflight(load_config(overrides=common + ["student.architecture=tiny", "student.init_steps=10",
-                                                                      "student.dropout=0.1"]))
+        preflight(load_config(overrides=common + ["student.architecture=teacher"]), {"train"})
+    cfg = load_config(overrides=common + ["student.architecture=tiny", "student.init_steps=10", "student.dropout=0.1"])
+    loop_config, datasets = loop_inputs(cfg, preflight(cfg, {"train"}), log=lambda *a: None)
     kwargs = loop_config["student_kwargs"]
     assert (kwargs["img_channels"], kwargs["img_resolution"], kwargs["label_dim"], kwargs["dropout"]) == (1, 8, 0, 0.1)
     assert datasets == {} and loop_config["num_records"] is None

@@ -6,7 +6,7 @@ import torch
 from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
 from ctm.sampling import gamma_sample
-from ctm.schedule import karras_grid
+from ctm.schedule import Grid
 from pipeline.config import load_config
 from pipeline.datasets import load_dataset
 from pipeline.images import save_grid
@@ -26,11 +26,11 @@ def test_sample_grids_use_the_config_grid(tmp_path):
                                  "grid.sigma_min=0.01", "grid.sigma_max=40.0", "grid.rho=5.0"])
     teacher = build_teacher(load_config())
     state = build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu")
-    write_samples(state, RunDir(str(tmp_path), "r"), 0, torch.device("cpu"), cfg.grid)
+    write_samples(state, RunDir(str(tmp_path), "r"), 0, torch.device("cpu"), cfg.grid.grid())
     latents = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     for nfe in (1, 2):
         with torch.no_grad():
-            save_grid(gamma_sample(state.emas[0.9], latents, nfe, 0.0, sigma_min=0.01, sigma_max=40.0, rho=5.0),
+            save_grid(gamma_sample(state.emas[0.9], latents, nfe, 0.0, grid=Grid(18, 0.01, 40.0, 5.0)),
                       tmp_path / "want.png")
             save_grid(gamma_sample(state.emas[0.9], latents, nfe, 0.0), tmp_path / "default.png")
         got = (tmp_path / "r" / "samples" / f"step_0000000_nfe{nfe}.png").read_bytes()
@@ -58,7 +58,7 @@ def test_a_non_finite_step_stops_before_its_update():
     cfg = load_config(overrides=["student.architecture=tiny", "student.init_from_teacher=false", "train.distance=l2",
                                  "train.batch_size=8", "train.ema_rates=[0.9]", "train.lr=1e30",
                                  "train.lr_schedule=constant"])
-    teacher, grid = build_teacher(cfg), karras_grid(18)
+    teacher, grid = build_teacher(cfg), Grid(18)
     images, labels, _ = load_dataset(cfg.data)
     state = build_state(cfg, student_kwargs(cfg, teacher), teacher, "cpu")
     source, step = OnlineBatches(images, labels, cfg, grid), CTMStep(cfg, grid, teacher)

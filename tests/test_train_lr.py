@@ -3,7 +3,7 @@ import math
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.sweep.trial import chunk_config
+from pipeline.sweep.trial import trial_config
 from pipeline.train.step import learning_rate
 
 
@@ -17,7 +17,8 @@ def test_cosine_decays_to_zero_at_the_last_step_and_constant_is_the_official_def
         load_config(overrides=["train.lr_schedule=linear"])
 
 
-def test_a_sweep_chunk_keeps_the_whole_run_s_cosine():
-    cfg = load_config(overrides=["train.steps=100", "train.lr_schedule=cosine"])
-    chunk = chunk_config(cfg, 0, 40)
-    assert chunk.train.steps == 40 and learning_rate(40, chunk.train) == learning_rate(40, cfg.train) > 0
+def test_a_sweep_trial_trains_one_run_over_the_whole_cosine(tmp_path):
+    base = load_config(overrides=["train.steps=100", "train.lr_schedule=cosine"]).to_dict()
+    trial = trial_config(base, {}, str(tmp_path), "t").train  # one Train run per trial, all of train.steps
+    assert (trial.steps, trial.lr_decay_steps) == (100, None) and learning_rate(40, trial) > 0
+    assert learning_rate(100, trial) == pytest.approx(0, abs=1e-18)

@@ -7,7 +7,7 @@ import pytest
 import ray.train
 import torch
 
-from ctm.schedule import karras_grid
+from ctm.schedule import Grid
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import load_config
 from pipeline.datasets import load_dataset
@@ -17,7 +17,7 @@ from pipeline.train.data import OnlineBatches
 from pipeline.train.state import build_state, student_kwargs
 from pipeline.train.step import CTMStep
 
-GRID = karras_grid(18)
+GRID = Grid(18)
 
 
 def config(tmp_path, teacher_path, *overrides):

@@ -8,8 +8,9 @@ import torch
 from scipy import stats
 
 import ctm.losses
+from ctm.seeding import TRAIN_STEP, generator_for
 from ctm.networks import build_edm_network, tiny_songunet_kwargs
-from ctm.schedule import (joint_nkj, k_probs, karras_grid, sample_dsm_sigma, sample_k_given_n, sample_n,
+from ctm.schedule import (Grid, joint_nkj, k_probs, sample_dsm_sigma, sample_k_given_n, sample_n,
                           sample_official, sample_s_index)
 from ctm.teachers import EDMTeacher
 from pipeline.config import load_config
@@ -20,10 +21,10 @@ from pipeline.train.data import (CachedBatches, OnlineBatches, newest_data_posit
 from pipeline.train import step as step_module
 from pipeline.train.rundir import RunDir
 from pipeline.train.state import build_state, student_kwargs
-from pipeline.train.step import STREAM_STEP, CTMStep, generator_for, micro_batches
+from pipeline.train.step import CTMStep, micro_batches
 from test_schedule import chi2_pvalue
 
-GRID = karras_grid(18)
+GRID = Grid(18)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,7 +114,7 @@ def test_online_batches_draw_as_the_official_code(digits):
         for key in b:
             assert torch.equal(b[key], torch.cat([both[0][key], both[1][key]]))
         assert torch.equal(b["x0"], images[b["index"]])  # digits are never flipped
-    z = (b["x_t"] - b["x0"]) / GRID[b["n"]].float()[:, None, None, None]
+    z = (b["x_t"] - b["x0"]) / GRID.t[b["n"]].float()[:, None, None, None]
     assert abs(float(z.std()) - 1) < 0.15
     assert len(ks) > 5
     for key, v in one(7).items():
@@ -157,17 +158,17 @@ def test_cached_steps_share_one_k_across_micro_batches_and_workers():
     """Every row of a step carries the step's k (a function of train.seed and the step alone), on both workers; each
     row is its record's (x_t, x_u) = (states[n], states[n+k]) and is used once per pass."""
     N, K, share = 18, 17, 8
-    workers = [CachedBatches(ListShard(cache_rows(5000, N, K, seed)), share, K, seed=3) for seed in (0, 1)]
+    workers = [CachedBatches(ListShard(cache_rows(5000, N, K, seed)), share, Grid(N, K=K), seed=3) for seed in (0, 1)]
     used = [[], []]
     for step in range(150):
-        k = step_k(3, step, K)
+        k = step_k(3, step, Grid(N, K=K))
         for rank, source in enumerate(workers):
             b = source(step)
             assert b["k"].tolist() == [k] * share and (b["n"] <= N - 1 - k).all()
             assert torch.equal(b["x_t"].flatten(1), torch.stack([b["index"], b["n"]], 1).float())
             assert torch.equal(b["x_u"].flatten(1), torch.stack([b["index"], b["n"] + k], 1).float())
             used[rank] += b["index"].tolist()
-    assert len(set(used[0])) == len(used[0]) and len({step_k(3, s, K) for s in range(150)}) > 8
+    assert len(set(used[0])) == len(used[0]) and len({step_k(3, s, Grid(N, K=K)) for s in range(150)}) > 8
     position = workers[0].position(150)
     assert position["rows"] - position["unused"] == 150 * share and position["rows"] <= 5000
 
@@ -190,15 +191,15 @@ def test_cached_steps_follow_the_official_joint_law():
     whose n fits the step's k instead (so that n | k follows the cache's marginal of n) fails the same test."""
     N, K, share, steps = 8, 7, 32, 1500
     cfg = config("grid.N=8", f"train.batch_size={share}", "train.micro_batch=8")
-    grid = karras_grid(N)
+    grid = Grid(N)
     step = CTMStep(cfg, grid)
     rows = cache_rows(100000, N, K, 0)
-    source = CachedBatches(ListShard(rows), share, K, seed=0)
+    source = CachedBatches(ListShard(rows), share, grid, seed=0)
     n, k, j = [], [], []
     for i in range(steps):
         for m, mb in enumerate(micro_batches(source(i), 8)):
-            n_, k_, _, _, s = step.times(mb, generator_for(0, i, m, STREAM_STEP))
-            n.append(n_), k.append(k_), j.append((s[:, None] == grid.float()).int().argmax(1))
+            n_, k_, _, _, s = step.times(mb, generator_for(0, i, m, TRAIN_STEP))
+            n.append(n_), k.append(k_), j.append((s[:, None] == grid.t.float()).int().argmax(1))
     n, k, j = (torch.cat(a).numpy() for a in (n, k, j))
     step_ks = k[::share]
     assert (k.reshape(steps, share) == step_ks[:, None]).all()
@@ -207,7 +208,7 @@ def test_cached_steps_follow_the_official_joint_law():
     # the wrong design: the step's k on the next stream rows with n <= N-1-k
     g, stream, wrong = torch.Generator().manual_seed(1), iter(range(len(rows["n"]))), []
     for i in range(steps):
-        k_ = step_k(0, i, K)
+        k_ = step_k(0, i, grid)
         for _ in range(share):
             r = next(r for r in stream if rows["n"][r] <= N - 1 - k_)
             n_ = int(rows["n"][r])
@@ -221,7 +222,7 @@ def test_cached_batches_resume_where_they_stopped():
     checkpoints); the queues hold at most queue_steps shares each and every pulled row is used or counted unused."""
     N, K, M, share = 6, 5, 40, 4
     rows = cache_rows(M, N, K, 2)
-    straight = CachedBatches(ListShard(rows), share, K, seed=5, queue_steps=2)
+    straight = CachedBatches(ListShard(rows), share, Grid(N, K=K), seed=5, queue_steps=2)
     taken, positions = [], {}
     for step in range(60):
         if step % 7 == 0:
@@ -231,8 +232,8 @@ def test_cached_batches_resume_where_they_stopped():
     assert positions[56]["workers"][0]["rows"] > 2 * M  # several epochs
     for step, data in positions.items():
         first = stream_epoch(data, M, 1)
-        resumed = CachedBatches(ListShard(rows), share, K, seed=5, queue_steps=2, position=data["workers"][0],
-                                stream_start=first * M)
+        resumed = CachedBatches(ListShard(rows), share, Grid(N, K=K), seed=5, queue_steps=2,
+                                position=data["workers"][0], stream_start=first * M)
         for later in range(step, 60):
             if later % 7 == 0 and later > step:
                 assert resumed.position(later) == positions[later]["workers"][0]  # the loop's checkpoints
@@ -307,14 +308,14 @@ def test_dsm_sigma_follows_the_config_grid(digits):
     """grid.sigma_min/sigma_max/rho reach the DSM σ draw: each micro-batch's σ is the exact half split on that grid."""
     teacher, images, labels = digits
     cfg = config("grid.sigma_min=0.01", "grid.sigma_max=40.0", "grid.rho=5.0", "train.micro_batch=4")
-    grid = karras_grid(18, 0.01, 40.0, 5.0)
+    grid = Grid(18, 0.01, 40.0, 5.0)
     batch = OnlineBatches(images, labels, cfg, grid)(0)
     step, seen = CTMStep(cfg, grid, teacher), []
     dsm = step.dsm_loss
     step.dsm_loss = lambda g, x0, sigma, noise, labels=None: seen.append(sigma) or dsm(g, x0, sigma, noise, labels)
     step(fresh(cfg, teacher), {**batch, "x_u": batch["x_t"]})  # any x_u: no teacher solve needed here
     for i, (mb, sigma) in enumerate(zip(micro_batches(batch, 4), seen)):
-        gen = generator_for(cfg.train.seed, 0, i, STREAM_STEP)
+        gen = generator_for(cfg.train.seed, 0, i, TRAIN_STEP)
         sample_s_index(mb["n"], mb["k"], 18, gen)  # CTMStep draws s first
         torch.testing.assert_close(sigma, sample_dsm_sigma(4, gen, sigma_min=0.01, sigma_max=40.0, rho=5.0).float(),
                                    rtol=0, atol=0)
@@ -333,7 +334,7 @@ def test_training_reduces_the_flow_map_error(digits):
     g = torch.Generator().manual_seed(1)
     x0 = images[1500:1700]
     _, n, j = sample_official(len(x0), 18, 17, g)
-    t, s = GRID[n].float(), GRID[j].float()
+    t, s = GRID.t[n].float(), GRID.t[j].float()
     x_t = x0 + t[:, None, None, None] * torch.randn(x0.shape, generator=g)
     exact = teacher.flow_map(x_t, t, s, rtol=1e-6, atol=1e-6)
 

@@ -17,7 +17,6 @@ import numpy as np
 import ray
 import torch
 
-from ctm.schedule import karras_grid
 from pipeline.datasets import dataset_identity, hflip_enabled, open_dataset
 from pipeline.resources import pool_request
 from pipeline.teachers import build_teacher, check_images_fit_teacher, configured_teacher_identity, teacher_identity
@@ -51,10 +50,9 @@ class TeacherFactory:
 
 def record_spec(cfg, fields):
     t = fields["teacher"]
-    return RecordSpec(seed=cfg.cache.seed, grid=tuple(karras_grid(cfg.grid.N, cfg.grid.sigma_min, cfg.grid.sigma_max,
-                                                                   cfg.grid.rho).tolist()),
-                      K=cfg.grid.K_max, mode=cfg.cache.mode, image_shape=tuple(t["image_shape"]),
-                      hflip=hflip_enabled(cfg.data), conditional=fields["data"]["use_labels"], label_dim=t["label_dim"],
+    return RecordSpec(seed=cfg.cache.seed, grid=cfg.grid.grid(), mode=cfg.cache.mode,
+                      image_shape=tuple(t["image_shape"]), hflip=hflip_enabled(cfg.data),
+                      conditional=fields["data"]["use_labels"], label_dim=t["label_dim"],
                       dtype=cfg.cache.dtype, compute_dtype="float64" if t["kind"] == "gmm" else "float32")
 
 
@@ -108,8 +106,7 @@ def prepare(cfg, teacher_id, repair=False, log=print):
         log(f"[cache] {store.join_url(MANIFEST)} cannot be read: rebuilding it from the shards that verify")
         manifest = None
     if manifest is None:
-        grid = karras_grid(cfg.grid.N, cfg.grid.sigma_min, cfg.grid.sigma_max, cfg.grid.rho)
-        manifest = adopt_shards(store, new_manifest(fields, cfg.cache.records_per_shard, grid.tolist(),
+        manifest = adopt_shards(store, new_manifest(fields, cfg.cache.records_per_shard, cfg.grid.grid().t.tolist(),
                                                     teacher_id["image_shape"], cfg.to_dict()), log)
     else:
         check_fields(manifest, fields, store.url)

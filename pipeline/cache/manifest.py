@@ -19,7 +19,7 @@ def key_fields(cfg, teacher_id, data_id):
     teacher_id: `pipeline.teachers.teacher_identity`; data_id: the dataset's identity (name, content digest ...),
     None in noise mode, where no data enters a record.
     """
-    g, c = cfg.grid, cfg.cache
+    c = cfg.cache
     conditional = teacher_id["label_dim"] > 0 and cfg.data.use_labels
     data = {"use_labels": conditional}
     if c.mode == "data":
@@ -28,7 +28,7 @@ def key_fields(cfg, teacher_id, data_id):
         "format_version": FORMAT_VERSION,
         "solver": SOLVER,
         "teacher": {k: teacher_id[k] for k in ("kind", "digest", "image_shape", "label_dim")},
-        "grid": {"N": g.N, "sigma_min": g.sigma_min, "sigma_max": g.sigma_max, "rho": g.rho, "K": g.K_max},
+        "grid": cfg.grid.grid().to_dict(),
         "cache": {"dtype": c.dtype, "mode": c.mode, "seed": c.seed},
         "data": data,
     }

@@ -1,20 +1,20 @@
 """A record's contents, which depend only on the cache key and the record's index.
 
 Record i draws everything from its own generator, seeded from (cache.seed, i), in this order:
-data mode: n ~ marginal of the official (n, k) law (`ctm.schedule.sample_n`), the dataset index, a flip coin, z;
+data mode: n ~ marginal of the official (n, k) law (`ctm.schedule.Grid.sample_n`), the dataset index, a flip coin, z;
 noise mode: n = 0, a class label (conditional teachers only), z. Its states are the teacher's Heun steps on the
 CTM grid from x_{t_n} = x0 + t_n·z down to σ_min, computed on the records that have reached each grid index, so
 no record's bytes depend on which other records shared its batch.
 """
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ctm.schedule import sample_n
-from ctm.solver import heun_step
+from ctm.schedule import Grid
+from ctm.seeding import record_seed
+from ctm.solver import heun_from_starts
 
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -23,8 +23,7 @@ STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 class RecordSpec:
     """The key fields a record generator needs, as plain data."""
     seed: int
-    grid: tuple                 # t_0 = σ_max > ... > t_{N-1} = σ_min
-    K: int
+    grid: Grid                  # t_0 = σ_max > ... > t_{N-1} = σ_min, and K
     mode: str                   # "data" | "noise"
     image_shape: tuple
     hflip: bool
@@ -33,16 +32,6 @@ class RecordSpec:
     dtype: str                  # storage dtype of the states
     compute_dtype: str          # "float64" for the exact mixture teacher, "float32" for networks
 
-    @property
-    def N(self):
-        return len(self.grid)
-
-
-def record_seed(seed, index):
-    """The seed of record `index`'s generator: 63 bits of sha256("ctm-cache:{seed}:{index}")."""
-    digest = hashlib.sha256(f"ctm-cache:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
-
 
 def draw_record(spec, index, num_images):
     """(seed, n, data index, flip, label draw or None, z) of one record, from its own generator."""
@@ -50,29 +39,13 @@ def draw_record(spec, index, num_images):
     g = torch.Generator().manual_seed(seed)
     n, j, flip, label = 0, -1, False, None
     if spec.mode == "data":
-        n = int(sample_n(1, spec.N, spec.K, g))
+        n = int(spec.grid.sample_n(1, g))
         j = int(torch.randint(num_images, (1,), generator=g))
         flip = bool(torch.rand(1, generator=g) < 0.5) and spec.hflip
     elif spec.conditional:
         label = int(torch.randint(spec.label_dim, (1,), generator=g))
     z = torch.randn(spec.image_shape, generator=g)
     return seed, n, j, flip, label, z
-
-
-def heun_from_starts(denoise, x_start, n, t_steps, class_labels=None):
-    """Heun states of each sample from its own start index n down the grid: (B, N, ...), NaN before n.
-
-    Step i → i+1 runs on the samples with n ≤ i only, so a sample's states never depend on the others.
-    """
-    B, N = len(x_start), len(t_steps)
-    states = x_start.new_full((B, N, *x_start.shape[1:]), float("nan"))
-    states[torch.arange(B, device=x_start.device), n] = x_start
-    for i in range(N - 1):
-        act = (n <= i).nonzero().squeeze(1)
-        if len(act):
-            labels = None if class_labels is None else class_labels[act]
-            states[act, i + 1] = heun_step(denoise, states[act, i], float(t_steps[i]), float(t_steps[i + 1]), labels)
-    return states
 
 
 def make_records(spec, teacher, images, labels, indices, batch_size, device="cpu"):
@@ -93,14 +66,14 @@ def make_records(spec, teacher, images, labels, indices, batch_size, device="cpu
         label = torch.tensor(label_draw)
     z = torch.stack(z)
     compute = getattr(torch, spec.compute_dtype)
-    t = torch.tensor(spec.grid, dtype=torch.float64)
+    t = spec.grid.t
     x_start = x0.to(compute) + t[n].to(compute).view(-1, *[1] * len(spec.image_shape)) * z.to(compute)
     states = []
     for lo in range(0, len(indices), batch_size):
         sl = slice(lo, lo + batch_size)
         class_labels = (torch.nn.functional.one_hot(label[sl], spec.label_dim).float().to(device)
                         if spec.conditional else None)
-        s = heun_from_starts(teacher.denoise, x_start[sl].to(device), n[sl].to(device), spec.grid, class_labels)
+        s = heun_from_starts(teacher.denoise, x_start[sl].to(device), n[sl].to(device), t, class_labels)
         states.append(s.to(STORAGE_DTYPES[spec.dtype]).cpu())  # cast on the device: half the bytes to copy
     return {
         "states": torch.cat(states).numpy(),

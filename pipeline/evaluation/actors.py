@@ -16,7 +16,7 @@ from pipeline.datasets import check_dataset
 from pipeline.resources import pool_request
 
 from .features import build_features, check_features
-from .fid import build_reference, cleanfid_features, fid
+from .fid import build_reference, cleanfid_features, fid, progress
 from .models import as_model, teacher_heun_batches, teacher_model
 from .nll import likelihood_images, student_nll
 from .settings import sample_batches
@@ -65,6 +65,9 @@ class Evaluator:
         start = time.perf_counter()
         feats = cleanfid_features(keep_preview(batches), e.num_samples, self.features, e.batch_size, self.device)
         seconds = time.perf_counter() - start
+        name = f"step {model_info['step']} of {model_info['checkpoint']}" if "step" in model_info else \
+            model_info.get("model", "model")
+        progress(f"[eval] {setting_info['label']}: {e.num_samples} samples of {name} scored in {seconds:.1f} s")
         return {"model": model_info, "setting": setting_info, "fid": fid(feats, self._reference),
                 "num_samples": e.num_samples, "seed": e.seed, "features": self.features.info,
                 "reference": self._reference.info, "real_vs_real": self._reference.real_vs_real,
@@ -72,7 +75,7 @@ class Evaluator:
 
     def score(self, source, settings):
         """One result per setting: FID of eval.num_samples samples against the reference, with what it measured."""
-        model, e, grid = self._model(source), self.cfg.eval, self.cfg.grid
+        model, e, grid = self._model(source), self.cfg.eval, self.cfg.grid.grid()
         results = []
         for setting in settings:
             batches = sample_batches(model.G, setting, grid, e.num_samples, e.batch_size, e.seed, model.image_shape,
@@ -84,7 +87,7 @@ class Evaluator:
     def score_teacher(self):
         """The teacher's own FID: Heun along the full N-point grid (2(N−1) NFE) from the same latents."""
         teacher, image_shape, label_dim, info = teacher_model(self.cfg, self.device)
-        e, grid = self.cfg.eval, self.cfg.grid
+        e, grid = self.cfg.eval, self.cfg.grid.grid()
         batches = teacher_heun_batches(teacher, grid, e.num_samples, e.batch_size, e.seed, image_shape, label_dim,
                                        self.device)
         setting = {"label": f"teacher Heun, N={grid.N}", "tag": "teacher_heun", "nfe": 2 * (grid.N - 1)}
@@ -93,7 +96,8 @@ class Evaluator:
     def likelihood(self, source):
         model = self._model(source)
         images, labels, data_info = likelihood_images(self.cfg)
-        result = student_nll(model, images.to(self.device), labels.to(self.device), self.cfg.grid, self.cfg.eval.seed)
+        result = student_nll(model, images.to(self.device), labels.to(self.device), self.cfg.grid.grid(),
+                             self.cfg.eval.seed)
         return {"model": model.info, "data": data_info, **result}
 
 
@@ -138,6 +142,14 @@ class EvaluatorPool:
         refs = [self.submit(source, [setting]) for source in sources for setting in per_source[source]]
         teacher_ref = self.submit_teacher() if teacher else None
         nll_refs = [self.submit_likelihood(source) for source in sources] if likelihood else []
+        waiting, started = list(refs), time.perf_counter()
+        progress(f"[eval] scoring {len(refs)} setting(s) of {len(sources)} checkpoint(s) on {len(self.actors)} actor(s)")
+        while waiting:
+            done, waiting = ray.wait(waiting)
+            for r in ray.get(done[0]):
+                progress(f"[eval] {len(refs) - len(waiting)}/{len(refs)} scored ({r['setting']['label']}: FID "
+                         f"{r['fid']:.4g}, {r['num_samples']} samples in {r['seconds']:.1f} s); "
+                         f"{time.perf_counter() - started:.0f} s so far")
         return {"results": [r for batch in ray.get(refs) for r in batch],
                 "teacher": ray.get(teacher_ref) if teacher else None,
                 "likelihood": ray.get(nll_refs)}

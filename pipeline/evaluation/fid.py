@@ -7,6 +7,8 @@ carries the real-against-real FD of a disjoint split of the real images at the e
 
 import hashlib
 import json
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from cleanfid.fid import fid_from_feats, frechet_distance, get_model_features
 
-from pipeline.datasets import load_dataset
+from pipeline.datasets import dataset_identity, open_dataset
 
 from .features import file_digest, to_pixels
 
@@ -42,6 +44,12 @@ def cleanfid_features(batches, num, feature_set, batch_size, device="cpu"):
                               custom_image_tranform=feature_set.transform, custom_fn_resize=feature_set.resize)
 
 
+def progress(line):
+    """One progress line on stdout at once (an actor's stdout reaches the driver's log)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def statistics(feats):
     """mu and sigma exactly as clean-fid's compute_fid takes them."""
     return np.mean(feats, axis=0), np.cov(feats, rowvar=False)
@@ -61,8 +69,9 @@ def real_vs_real(feats, n, seed=0):
 
 
 def image_batches(images, batch_size):
+    """Batches of `images` (an array, or a `pipeline.datasets.ImageSource` read a batch at a time) as tensors."""
     for i in range(0, len(images), batch_size):
-        yield torch.as_tensor(images[i:i + batch_size])
+        yield torch.as_tensor(images[np.arange(i, min(i + batch_size, len(images)))])
 
 
 def load_stats_npz(path, dim):
@@ -90,15 +99,20 @@ def reference_key(cfg, feature_set, identity):
 
 def build_reference(cfg, feature_set, device="cpu"):
     """Reference statistics and the real-against-real FD at eval.num_samples, from cache when computed before."""
-    images, _, identity = load_dataset(cfg.data)
+    images = open_dataset(cfg.data)  # read a batch at a time, and only when the statistics are not cached
+    identity = dataset_identity(cfg.data, images)
     key = reference_key(cfg, feature_set, identity)
     cache = Path(cfg.eval.reference_cache or Path(cfg.eval.out) / "references") / f"reference-{key}.npz"
     if cache.is_file():
         with np.load(cache) as f:
             meta = json.loads(str(f["meta"]))
             return Reference(f["mu"], f["sigma"], meta["info"], meta["real_vs_real"])
+    progress(f"[eval] reference statistics: features of {len(images)} {cfg.data.name} images "
+             f"({feature_set.info['name']}), cached afterwards in {cache}")
+    started = time.perf_counter()
     feats = cleanfid_features(image_batches(images, cfg.eval.batch_size), len(images), feature_set,
                               cfg.eval.batch_size, device)
+    progress(f"[eval] reference statistics: {len(images)} images in {time.perf_counter() - started:.1f} s")
     info = {"dataset": cfg.data.name, "identity": identity, "count": len(images), "features": feature_set.info["name"]}
     if cfg.eval.reference_stats:
         mu, sigma = load_stats_npz(cfg.eval.reference_stats, feats.shape[1])

@@ -10,12 +10,12 @@ from typing import Callable
 
 import torch
 
-from ctm.schedule import karras_grid
-from ctm.solver import heun_step
+from ctm.seeding import eval_generators
+from ctm.solver import heun
 from pipeline.checkpoint import checkpoint_file, load_student
 from pipeline.teachers import build_teacher, teacher_identity
 
-from .settings import batch_generators, latents_and_labels
+from .settings import latents_and_labels
 
 
 @dataclass
@@ -72,14 +72,12 @@ def teacher_model(cfg, device="cpu"):
     return teacher, tuple(identity["image_shape"]), identity["label_dim"], info
 
 
-def teacher_heun_batches(teacher, grid_cfg, num, batch_size, seed, image_shape, label_dim=0, device="cpu"):
-    """The teacher's own samples: Heun along the whole N-point grid from t_0 = σ_max to σ_min (2(N−1) NFE)."""
-    grid = karras_grid(grid_cfg.N, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho).tolist()
+def teacher_heun_batches(teacher, grid, num, batch_size, seed, image_shape, label_dim=0, device="cpu"):
+    """The teacher's own samples: Heun along the whole N-point `grid` from t_0 = σ_max to σ_min (2(N−1) NFE)."""
+    t_steps = grid.t.tolist()
     for index, start in enumerate(range(0, num, batch_size)):
-        latent_gen, _ = batch_generators(seed, index, device)
+        latent_gen, _ = eval_generators(seed, index, device)
         x, labels = latents_and_labels(min(batch_size, num - start), image_shape, label_dim, latent_gen, device)
-        x = x * grid[0]
         with torch.no_grad():
-            for t_cur, t_next in zip(grid[:-1], grid[1:]):
-                x = heun_step(teacher.denoise, x, t_cur, t_next, labels)
+            x = heun(teacher.denoise, x * t_steps[0], t_steps, labels)
         yield x.clamp(-1, 1)

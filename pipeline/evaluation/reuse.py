@@ -51,7 +51,8 @@ class ResultKeys:
         return {"sha256": self._digests[checkpoint], "ema_rate": self.cfg.eval.ema_rate}
 
     def fid(self, checkpoint, setting):
-        return key_of({"kind": "fid", "model": self.checkpoint(checkpoint), "setting": setting.to_dict(self.cfg.grid),
+        return key_of({"kind": "fid", "model": self.checkpoint(checkpoint),
+                       "setting": setting.to_dict(self.cfg.grid.grid()),
                        **self.alike})
 
     def teacher(self):
@@ -92,11 +93,12 @@ class ResultStore:
         tmp.replace(self.path)
 
 
-def score_with_reuse(cfg, checkpoints, settings, teacher=False, likelihood=False, force=False, log=print):
+def score_with_reuse(cfg, checkpoints, settings, teacher=False, likelihood=False, force=False, log=print,
+                     start_ray=None):
     """EvaluatorPool.evaluate's {"results", "teacher", "likelihood"}: every (checkpoint, setting) of `settings`
     ({checkpoint: its Settings}), the teacher's FID and each checkpoint's NLL. Each result is taken from
     <eval.out>/scored.npz when its key is there (unless `force`) and scored by a pool of evaluation actors otherwise;
-    the pool starts only when something is left to score."""
+    the pool (and Ray, through `start_ray` where a job starts it lazily) starts only when something is left to score."""
     keys, store = ResultKeys(cfg), ResultStore(cfg.eval.out)
     # (kind, checkpoint, setting, key) of every result asked for
     wanted = [("fid", c, s, keys.fid(c, s)) for c in checkpoints for s in settings[c]]
@@ -107,6 +109,8 @@ def score_with_reuse(cfg, checkpoints, settings, teacher=False, likelihood=False
         log(f"[evaluate] reused {len(wanted) - len(todo)} results from {store.path} (--force scores them again)")
     if todo:
         import ray
+        if start_ray is not None:
+            start_ray()
         log(f"[evaluate] scoring {len(todo)} results on the evaluation actors")
         pool = EvaluatorPool(cfg)
         try:

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ctm.sampling import gamma_landings, gamma_steps, jump_sample
-from ctm.schedule import karras_grid
+from ctm.sampling import gamma_landings, gamma_steps, jump_sample, two_step_times
+from ctm.seeding import eval_generators
 
 
 @dataclass(frozen=True)
@@ -51,25 +51,23 @@ class Setting:
             return f"schedule_nfe{self.nfe}_gamma{self.gamma:.4g}_t" + "_".join(f"{t:.3g}" for t in self.sigmas)
         return f"nfe{self.nfe}_gamma{self.gamma:g}"
 
-    def times(self, grid_cfg):
-        """(t_steps, s_steps) of the jumps, on the config's σ range (and N-point grid for the 2-step variant)."""
+    def times(self, grid):
+        """(t_steps, s_steps) of the jumps on `grid` (a `ctm.schedule.Grid`): its σ range and ρ, and its N points
+        for the 2-step variant."""
         if self.sigmas is not None:
-            if self.sigmas and not grid_cfg.sigma_min <= self.sigmas[-1] <= self.sigmas[0] <= grid_cfg.sigma_max:
-                raise ValueError(f"explicit times must lie in [sigma_min, sigma_max] = [{grid_cfg.sigma_min}, "
-                                 f"{grid_cfg.sigma_max}]; got {list(self.sigmas)}")
-            t_steps = [float(grid_cfg.sigma_max), *self.sigmas, float(grid_cfg.sigma_min)]
+            if self.sigmas and not grid.sigma_min <= self.sigmas[-1] <= self.sigmas[0] <= grid.sigma_max:
+                raise ValueError(f"explicit times must lie in [sigma_min, sigma_max] = [{grid.sigma_min}, "
+                                 f"{grid.sigma_max}]; got {list(self.sigmas)}")
+            t_steps = [float(grid.sigma_max), *self.sigmas, float(grid.sigma_min)]
             return t_steps, gamma_landings(t_steps, self.gamma)
         if self.i1 is None:
-            return gamma_steps(self.nfe, self.gamma, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho)
-        grid = karras_grid(grid_cfg.N, grid_cfg.sigma_min, grid_cfg.sigma_max, grid_cfg.rho).tolist()
-        if not 0 < self.i2 <= self.i1 < len(grid) - 1:
-            raise ValueError(f"2-step indices need 0 < i2 <= i1 < N-1 = {len(grid) - 1}; got i1={self.i1}, i2={self.i2}")
-        return [grid[0], grid[self.i2], grid[-1]], [grid[self.i1], grid[-1]]
+            return gamma_steps(self.nfe, self.gamma, grid)
+        return two_step_times(grid, self.i1, self.i2)
 
-    def to_dict(self, grid_cfg=None):
+    def to_dict(self, grid=None):
         d = {**asdict(self), "label": self.label, "tag": self.tag}
-        if grid_cfg is not None:
-            d["t_steps"], d["s_steps"] = self.times(grid_cfg)
+        if grid is not None:
+            d["t_steps"], d["s_steps"] = self.times(grid)
         return d
 
 
@@ -86,24 +84,17 @@ def two_step_settings(pairs):
     return out
 
 
-def batch_generators(seed, index, device):
-    """Independent generators for batch `index`: one for latents and labels, one for the renoising noise."""
-    latent = torch.Generator(device).manual_seed(2 * (seed * 1_000_003 + index))
-    noise = torch.Generator(device).manual_seed(2 * (seed * 1_000_003 + index) + 1)
-    return latent, noise
-
-
 def latents_and_labels(batch, image_shape, label_dim, generator, device):
     latents = torch.randn((batch, *image_shape), generator=generator, device=device)
     labels = torch.randint(label_dim, (batch,), generator=generator, device=device) if label_dim else None
     return latents, labels
 
 
-def sample_batches(G, setting, grid_cfg, num, batch_size, seed, image_shape, label_dim=0, device="cpu"):
-    """Yield `num` samples in [−1, 1] from G(x, t, s, labels) with `setting`, batch by batch."""
-    t_steps, s_steps = setting.times(grid_cfg)
+def sample_batches(G, setting, grid, num, batch_size, seed, image_shape, label_dim=0, device="cpu"):
+    """Yield `num` samples in [−1, 1] from G(x, t, s, labels) with `setting` on `grid`, batch by batch."""
+    t_steps, s_steps = setting.times(grid)
     for index, start in enumerate(range(0, num, batch_size)):
-        latent_gen, noise_gen = batch_generators(seed, index, device)
+        latent_gen, noise_gen = eval_generators(seed, index, device)
         latents, labels = latents_and_labels(min(batch_size, num - start), image_shape, label_dim, latent_gen, device)
         with torch.no_grad():
             yield jump_sample(G, latents * t_steps[0], t_steps, s_steps, labels, noise_gen)

@@ -12,6 +12,7 @@ The experiment folder <storage_path>/<name> is Tune's own; it also holds search.
 every trial has ended, best.json. The best schedule goes to schedules.json beside the checkpoint.
 """
 
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -103,11 +104,9 @@ def check_search(searcher, nfe, trials):
     if trials < 1:
         raise ConfigError(f"the trial budget must be positive, got {trials}")
     if searcher == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("optuna") is None:
             raise ConfigError("the optuna searcher needs Optuna: pip install 'ctm-ray[search]' (or pip install "
-                              "optuna), or pass --searcher random or grid") from None
+                              "optuna), or pass --searcher random or grid")
 
 
 def search_record(cfg, checkpoint, nfe, searcher, trials, seed):
@@ -171,7 +170,7 @@ def run_schedule_search(cfg, checkpoint, nfe=2, searcher="optuna", trials=20, se
     idle = idle_actors(pool)
     try:
         trainable = tune.with_resources(tune.with_parameters(run_schedule_trial, pool=pool, idle=idle,
-                                                             checkpoint=checkpoint, nfe=nfe, grid=cfg.grid),
+                                                             checkpoint=checkpoint, nfe=nfe, grid=cfg.grid.grid()),
                                         {"CPU": TRIAL_CPUS})
         if restoring:
             tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=False)

@@ -18,27 +18,30 @@ import ray.data
 import torch
 from ray.data import Datasource
 
-from ctm.schedule import sample_k
+from ctm.seeding import TRAIN_DATA, TRAIN_K, TRAIN_PERM, generator_for
 from pipeline.cache import CacheDatasource
 from pipeline.datasets import apply_flips, flip_mask
 from pipeline.train.rundir import RunDir, checkpoint_step
-from pipeline.train.step import STREAM_DATA, STREAM_K, STREAM_PERM, generator_for
 
 ROW_KEYS = ("x0", "label", "index", "n", "k", "x_t", "x_u")
 DATA_FILE = "data.json"  # a checkpoint's data position beside checkpoint.pt, read by CacheEpochs on the driver
 UNUSED_FACTOR = 2.5  # rows a stream holds per row the steps use: the queues drop 30-50% (see stream_rows)
 
 
-def step_k(seed, step, K):
-    """The step's k: a function of (train.seed, step) alone, so all micro-batches and workers draw the same."""
-    return sample_k(K, generator_for(seed, step, 0, STREAM_K))
+def step_k(seed, step, grid):
+    """The step's k on `grid`: a function of (train.seed, step) alone, so all micro-batches and workers draw the
+    same."""
+    return grid.sample_k(generator_for(seed, step, 0, TRAIN_K))
 class OnlineBatches:
-    """batches(step) -> this worker's share of the step's global batch, for the teacher to solve inside the step."""
+    """batches(step) -> this worker's share of the step's global batch, for the teacher to solve inside the step.
+
+    images: a `pipeline.datasets.ImageSource` (or an array) read by index, one micro-batch at a time; grid: the run's
+    `ctm.schedule.Grid`."""
 
     def __init__(self, images, labels, cfg, grid, rank=0, world_size=1):
         t = cfg.train
-        self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
-        self.grid, self.N, self.K = grid.to(torch.float64), len(grid), cfg.grid.K_max
+        self.images, self.labels = images, torch.as_tensor(labels)
+        self.grid, self.t = grid, grid.t
         self.data_cfg, self.seed, self.B = cfg.data, t.seed, t.batch_size
         self.share = t.batch_size // world_size
         self.micro = t.micro_batch or self.share
@@ -48,7 +51,7 @@ class OnlineBatches:
     def permutation(self, epoch):
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            g = generator_for(self.seed, epoch, 0, STREAM_PERM)
+            g = generator_for(self.seed, epoch, 0, TRAIN_PERM)
             self._perms[epoch] = torch.randperm(len(self.images), generator=g)
         return self._perms[epoch]
 
@@ -64,17 +67,17 @@ class OnlineBatches:
         return {"mode": "online", "epoch": p // len(self.images), "offset": p % len(self.images)}
 
     def __call__(self, step):
-        k = step_k(self.seed, step, self.K)
+        k = step_k(self.seed, step, self.grid)
         index = self.indices(step)
         first = self.rank * (self.share // self.micro)
         parts = []
         for i in range(self.share // self.micro):
-            g = generator_for(self.seed, step, first + i, STREAM_DATA)
+            g = generator_for(self.seed, step, first + i, TRAIN_DATA)
             idx = index[i * self.micro:(i + 1) * self.micro]
-            x0 = apply_flips(self.images[idx], flip_mask(len(idx), g, self.data_cfg))
-            n = torch.randint(0, self.N - k, (len(idx),), generator=g)
+            x0 = apply_flips(torch.as_tensor(self.images[idx.numpy()]), flip_mask(len(idx), g, self.data_cfg))
+            n = self.grid.sample_n_given_k(len(idx), k, g)
             z = torch.randn(x0.shape, generator=g)
-            x_t = x0 + self.grid[n].float()[:, None, None, None] * z
+            x_t = x0 + self.t[n].float()[:, None, None, None] * z
             parts.append({"x0": x0, "label": self.labels[idx], "index": idx, "n": n,
                           "k": torch.full_like(n, k), "x_t": x_t})
         return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
@@ -96,8 +99,8 @@ class CachedBatches:
     as the uninterrupted run does. A shard that runs out starts another pass.
     """
 
-    def __init__(self, shard, share, K, seed=0, queue_steps=4, position=None, stream_start=0, dtype=torch.float32):
-        self.shard, self.share, self.K, self.seed = shard, share, K, seed
+    def __init__(self, shard, share, grid, seed=0, queue_steps=4, position=None, stream_start=0, dtype=torch.float32):
+        self.shard, self.share, self.grid, self.seed = shard, share, grid, seed
         self.cap = queue_steps * share
         position = position or {"rows": 0, "unused": 0}
         self.pulled, self.unused = position["rows"], position["unused"]
@@ -107,7 +110,7 @@ class CachedBatches:
         self.skip = self.pulled - stream_start
         self.dtype = dtype  # x_t, x_u wait in the cache's storage dtype: lossless, half the memory for float16
         self.rows = None
-        self.queues = {k: deque() for k in range(1, K + 1)}
+        self.queues = {k: deque() for k in range(1, grid.K + 1)}
         self.lengths = dict.fromkeys(self.queues, 0)
 
     def _stream(self):
@@ -163,7 +166,7 @@ class CachedBatches:
     def __call__(self, step):
         if self.rows is None:
             self.rows = self._stream()
-        k = step_k(self.seed, step, self.K)
+        k = step_k(self.seed, step, self.grid)
         while self.lengths[k] < self.share:
             self._pull()
         rows = self._take(k, self.share)
@@ -231,7 +234,7 @@ class EpochsDatasource(Datasource):
         for e in self.epochs:
             epoch = CacheDatasource(self.cache, epoch=e, seed=self.seed).get_read_tasks(parallelism, per_task_row_limit,
                                                                                         data_context)
-            order = torch.randperm(len(epoch), generator=generator_for(self.seed, e, 0, STREAM_PERM)).tolist()
+            order = torch.randperm(len(epoch), generator=generator_for(self.seed, e, 0, TRAIN_PERM)).tolist()
             tasks += [epoch[i] for i in order]
         return tasks
 
@@ -253,7 +256,7 @@ class CacheEpochs:
         step, data = newest_data_position(RunDir(t.storage_path, t.run_name, t.storage_options))
         M = self.cache.num_records
         first = stream_epoch(data, M, t.num_workers)
-        count = math.ceil(stream_rows(t, self.cfg.grid.K_max, max(t.steps - step, 0)) / M) + 1
+        count = math.ceil(stream_rows(t, self.cfg.grid.grid().K, max(t.steps - step, 0)) / M) + 1
         source = EpochsDatasource(self.cache, range(first, first + count), t.seed)
         stream = ray.data.read_datasource(source, override_num_blocks=source.num_tasks())
         # the split's progress bars would print thousands of lines into a job's log (one redraw per block and

@@ -1,9 +1,11 @@
 """The training loop each Ray Train worker runs: build or restore the state, take steps, log, checkpoint.
 
-Rank 0 prints a progress line every train.log_every steps, keeps stats.jsonl in the run directory and, at each
-checkpoint, writes sample grids of the first EMA (train.ema_rates[0]) at NFE 1 and 2 (γ = 0, on the config's grid).
-Every rank calls ray.train.report at each checkpoint (it is a barrier); only rank 0 passes the checkpoint directory,
-with every worker's data position in it.
+Every train.log_every steps rank 0 prints a progress line, adds a line to stats.jsonl in the run directory and
+hands the step's metrics (losses, λ's, learning rates, images/s, steps/s) to its listeners (TensorBoard, and MLflow /
+W&B when asked: pipeline/train/metrics.py); every rank calls ray.train.report with them (it is a barrier; only rank
+0's metrics are kept), unless the controller has not yet taken the previous report (metrics.report_due). At each
+checkpoint rank 0 writes sample grids of the first EMA (train.ema_rates[0]) at NFE 1 and 2 (γ = 0, on the config's
+grid), and every rank reports; only rank 0 passes the checkpoint directory, with every worker's data position in it.
 
 A non-finite loss or gradient stops the run (NonFiniteError, which Ray Train does not retry: the driver's
 StopOnNonRetryable), naming the step, its loss terms and the newest checkpoint; a state that is not finite is never
@@ -24,14 +26,14 @@ import torch
 import torch.distributed as dist
 
 from ctm.sampling import gamma_sample
-from ctm.schedule import karras_grid
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import load_config
-from pipeline.datasets import load_dataset
+from pipeline.datasets import open_dataset
 from pipeline.images import save_grid
 from pipeline.teachers import build_teacher
 from pipeline.train.data import (DATA_FILE, CachedBatches, OnlineBatches, cached_position, stream_epoch,
                                  worker_positions)
+from pipeline.train.metrics import Listeners, report_due
 from pipeline.train.rundir import RunDir, checkpoint_dir_name
 from pipeline.train.state import build_state, load_weights, nonfinite_parts, resume, state_parts
 from pipeline.train.step import CTMStep, NonFiniteError, is_discriminator_step
@@ -85,6 +87,25 @@ def peak_memory_mb(device):
     return round(rss, 1), round(cuda, 1)
 
 
+class TrainClock:
+    """Seconds this worker has trained (steps, checkpoints, samples) since its first batch arrived, leaving out the
+    time spent waiting in ray.train.report for the controller (which a sweep's milestone evaluation holds)."""
+
+    def __init__(self):
+        self.seconds, self.since = 0.0, time.perf_counter()
+
+    def stamp(self, metrics):
+        self.seconds += time.perf_counter() - self.since
+        return {**metrics, "train_seconds": round(self.seconds, 3)}
+
+    def resume(self):
+        self.since = time.perf_counter()
+
+
+def log_step(step, t):
+    return step % t.log_every == 0 or step == t.steps
+
+
 class ProgressLog:
     """Rank 0's progress lines and stats.jsonl (rewritten at each checkpoint; lines past a resumed step dropped)."""
 
@@ -99,10 +120,11 @@ class ProgressLog:
         self.busy += seconds
 
     def step(self, step, stats, lr, lr_d, device):
-        """Count a step; at a log step, a line with stats (the latest G and D step's losses and λ's)."""
+        """Count a step; at a log step, a line with stats (the latest G and D step's losses and λ's), and the step's
+        metrics returned (else None)."""
         self.window_steps += 1
-        if step % self.cfg.train.log_every and step != self.cfg.train.steps:
-            return
+        if not log_step(step, self.cfg.train):
+            return None
         elapsed = time.perf_counter() - self.window_start - self.busy
         rss, cuda = peak_memory_mb(device)
         record = {"step": step, "time": round(time.time(), 3),
@@ -112,15 +134,19 @@ class ProgressLog:
         self.lines.append(json.dumps(record))
         shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
         say(f"step {step}/{self.cfg.train.steps}  {record['samples_per_s']:.1f} samples/s  {shown}  lr {lr:.3g}")
+        metrics = {"step": step, **{k: round(v, 6) for k, v in stats.items()}, "lr": lr, "lr_d": lr_d,
+                   "images_per_s": record["samples_per_s"],
+                   "steps_per_s": round(self.window_steps / max(elapsed, 1e-9), 3)}
         self.window_start, self.window_steps, self.busy = time.perf_counter(), 0, 0.0
+        return metrics
 
     def flush(self):
         self.run.write_text("stats.jsonl", "".join(line + "\n" for line in self.lines))
 
 
 def write_samples(state, run, label_dim, device, grid):
-    """PNG grids of the first EMA's samples at NFE 1 and 2 (γ = 0, fixed latents, the ρ-ramp of the config's `grid`
-    section) into <run>/samples/."""
+    """PNG grids of the first EMA's samples at NFE 1 and 2 (γ = 0, fixed latents, the ρ-ramp of the run's `grid`)
+    into <run>/samples/."""
     ema = next(iter(state.emas.values()))
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(SAMPLE_GRID, ema.img_channels, ema.img_resolution, ema.img_resolution, generator=g)
@@ -128,8 +154,7 @@ def write_samples(state, run, label_dim, device, grid):
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for nfe in (1, 2):
             local = os.path.join(tmp, f"nfe{nfe}.png")
-            save_grid(gamma_sample(ema, latents.to(device), nfe, 0.0, labels, sigma_min=grid.sigma_min,
-                                   sigma_max=grid.sigma_max, rho=grid.rho), local)
+            save_grid(gamma_sample(ema, latents.to(device), nfe, 0.0, labels, grid=grid), local)
             run.put(local, f"samples/step_{state.step:07d}_nfe{nfe}.png")
 
 
@@ -200,7 +225,7 @@ def train_loop_per_worker(config):
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     run = RunDir(t.storage_path, t.run_name, t.storage_options)
-    grid = karras_grid(cfg.grid.N, cfg.grid.sigma_min, cfg.grid.sigma_max, cfg.grid.rho)
+    grid = cfg.grid.grid()
     restoring = ray.train.get_checkpoint() is not None or t.init_checkpoint is not None
     teacher = build_teacher(cfg, device) if needs_teacher(cfg, restoring) else None
     kwargs = config["student_kwargs"]
@@ -213,40 +238,53 @@ def train_loop_per_worker(config):
     if state.D is not None:
         state.D = ray.train.torch.prepare_model(state.D)
     if t.teacher_mode == "online":
-        images, labels, _ = load_dataset(cfg.data)
-        source = OnlineBatches(images, labels, cfg, grid, rank, world_size)
+        src = open_dataset(cfg.data)
+        source = OnlineBatches(src, src.labels, cfg, grid, rank, world_size)
     else:
         M, share = config["num_records"], t.batch_size // world_size
         data = cached_position(data)
         position = worker_positions(data, world_size)[rank] if data else None
-        source = CachedBatches(ray.train.get_dataset_shard("train"), share, cfg.grid.K_max, t.seed, t.queue_steps,
+        source = CachedBatches(ray.train.get_dataset_shard("train"), share, grid, t.seed, t.queue_steps,
                                position, stream_epoch(data, M, world_size) * (M // world_size),
                                getattr(torch, cfg.cache.dtype))
     step_fn = CTMStep(cfg, grid, teacher, device, rank, world_size)
     log = ProgressLog(run, cfg, state.step) if rank == 0 else None
+    listeners = Listeners(run, cfg, state.step) if rank == 0 else None
     if rank == 0:
         say(f"[train] {how}; {world_size} worker(s) on {device}; run directory {run.url}")
-    stats = {}
+    stats, clock = {}, None
     newest = checkpoint_dir_name(state.step) if ray.train.get_checkpoint() is not None else None  # newest good one
     try:
         while state.step < t.steps:
             maybe_fail(cfg, run, state.step, rank)
             d_step = is_discriminator_step(state.step, t.gan_start)
-            stats.update(step_fn(state, source(state.step)))
+            batch = source(state.step)
+            clock = clock or TrainClock()  # from the first batch on: starting the data stream is start-up
+            stats.update(step_fn(state, batch))
             state.step += 1
-            if rank == 0:
-                log.step(state.step, stats, state.opt_G.param_groups[0]["lr"],
-                         state.opt_D.param_groups[0]["lr"] if state.opt_D else 0.0, device)
+            lr, lr_d = state.opt_G.param_groups[0]["lr"], state.opt_D.param_groups[0]["lr"] if state.opt_D else 0.0
+            logged = log.step(state.step, stats, lr, lr_d, device) if rank == 0 else None
+            if logged:
+                listeners.log(state.step, logged)
+            metrics = {"step": state.step, "kind": "D" if d_step else "G", **stats, "lr": lr, "lr_d": lr_d,
+                       **(logged or {})}
             if state.step % t.checkpoint_every == 0 or state.step == t.steps:
                 started = time.perf_counter()
                 parts = finite_parts(state)
                 if rank == 0:
-                    write_samples(state, run, kwargs["label_dim"], device, cfg.grid)
+                    write_samples(state, run, kwargs["label_dim"], device, grid)
                     log.flush()
-                report(state, parts, cfg, source, {"step": state.step, "kind": "D" if d_step else "G", **stats}, rank,
-                       world_size, device)
+                    listeners.flush()
+                report(state, parts, cfg, source, clock.stamp(metrics), rank, world_size, device)
+                clock.resume()
                 newest = checkpoint_dir_name(state.step)
                 if rank == 0:
                     log.pause(time.perf_counter() - started)
+            elif log_step(state.step, t) and report_due(device, world_size):
+                ray.train.report(clock.stamp(metrics))
+                clock.resume()
     except NonFiniteError as e:
         raise stopped(e, run, newest) from None
+    finally:
+        if rank == 0:
+            listeners.close()

@@ -72,7 +72,7 @@ def build_state(cfg, kwargs, teacher, device, start=None):
     D = opt_D = None
     if t.gan_start is not None:
         D = build_discriminator(t.discriminator, img_channels=kwargs["img_channels"], weights_paths=t.discriminator_weights,
-                                img_resolution=kwargs["img_resolution"]).to(device).train()
+                                img_resolution=kwargs["img_resolution"], diffaug_policy=t.diffaug).to(device).train()
         opt_D = torch.optim.RAdam([p for p in D.parameters() if p.requires_grad], lr=t.lr_d, betas=tuple(t.betas_d))
     return TrainState(G, G_target, emas, D, opt_G, opt_D)
 

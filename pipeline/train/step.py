@@ -20,17 +20,14 @@ A step whose loss terms or gradients are not finite raises NonFiniteError before
 import contextlib
 import math
 
-import numpy as np
 import torch
 
 from ctm.distances import build_distance
 from ctm.losses import CTMLoss, DSMLoss
-from ctm.schedule import sample_dsm_sigma, sample_s_index
+from ctm.seeding import TRAIN_STEP, TRAIN_TORCH, generator_for, seed_for
 from ctm.teachers import GaussianMixtureTeacher
 from ctm.training import discriminator_objective, ema_update, generator_objective, heun_segment
 from pipeline.train.state import unwrap
-
-STREAM_DATA, STREAM_STEP, STREAM_TORCH, STREAM_K, STREAM_PERM = range(5)
 
 
 class NonFiniteError(ValueError):
@@ -43,15 +40,6 @@ def nonfinite_gradients(modules):
     cannot overflow while every gradient is finite)."""
     grads = [p.grad for m in modules if m is not None for p in m.parameters() if p.grad is not None]
     return bool(grads) and not torch.stack(torch._foreach_norm(grads, math.inf)).max().isfinite().item()
-
-
-def seed_for(*keys):
-    """A 63-bit seed from non-negative integers (train.seed, step, micro-batch index, stream)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def generator_for(*keys):
-    return torch.Generator().manual_seed(seed_for(*keys))
 
 
 def micro_batches(batch, size):
@@ -108,6 +96,7 @@ class CTMStep:
 
     batch: x0 (B, C, H, W) real images (augmented), label (B,), n, k (B,) grid indices of t = t_n and u = t_{n+k},
     x_t (B, C, H, W), and x_u = Heun^k(x_t) when the trajectory cache supplies it (else the teacher solves it here).
+    grid: the run's `ctm.schedule.Grid` (its times, the s and DSM σ draws).
     """
 
     def __init__(self, cfg, grid, teacher=None, device="cpu", rank=0, world_size=1, amp=None):
@@ -115,9 +104,8 @@ class CTMStep:
         distance = build_distance(t.distance, t.lpips_vgg_path, t.lpips_lin_path)
         if isinstance(distance, torch.nn.Module):
             distance = distance.to(device)
-        self.ctm_loss, self.dsm_loss = CTMLoss(FP32Distance(distance), float(grid[-1])), DSMLoss()
-        self.sigma_range = {"sigma_min": cfg.grid.sigma_min, "sigma_max": cfg.grid.sigma_max, "rho": cfg.grid.rho}
-        self.grid, self.N = grid.to(device, torch.float64), len(grid)
+        self.grid, self.t = grid, grid.t.to(device)
+        self.ctm_loss, self.dsm_loss = CTMLoss(FP32Distance(distance), float(self.t[-1])), DSMLoss()
         self.teacher, self.device = teacher, torch.device(device)
         self.amp = self.device.type == "cuda" if amp is None else amp  # bf16 autocast of G and θ⁻
         self.rank, self.world_size = rank, world_size
@@ -138,8 +126,8 @@ class CTMStep:
                 opt.zero_grad(set_to_none=True)
         totals = {}
         for i, mb in enumerate(chunks):
-            torch.manual_seed(seed_for(self.seed, state.step, first + i, STREAM_TORCH))  # dropout, DiffAugment
-            gen = generator_for(self.seed, state.step, first + i, STREAM_STEP)
+            torch.manual_seed(seed_for(self.seed, state.step, first + i, TRAIN_TORCH))  # dropout, DiffAugment
+            gen = generator_for(self.seed, state.step, first + i, TRAIN_STEP)
             with self.no_sync(state, last=i == len(chunks) - 1):
                 loss, stats = (self.discriminator_loss if d_step else self.generator_loss)(state, mb, gen)
                 (loss * self.world_size).backward()
@@ -179,9 +167,9 @@ class CTMStep:
     def times(self, mb, gen):
         """t = t_n, u = t_{n+k}, s = t_j with j ~ U{n+k..N−1} (s ≤ u, down to σ_min), on the device."""
         n, k = mb["n"].long(), mb["k"].long()
-        j = sample_s_index(n, k, self.N, gen)
+        j = self.grid.sample_s_index(n, k, gen)
         n, k, j = (a.to(self.device) for a in (n, k, j))
-        return n, k, self.grid[n].float(), self.grid[n + k].float(), self.grid[j].float()
+        return n, k, self.t[n].float(), self.t[n + k].float(), self.t[j].float()
 
     def teacher_segment(self, x_t, n, k, labels):
         """Online mode: x_u = Heun^k(x_t) on the grid, in the precision the cache solves in (float64 for the exact
@@ -191,11 +179,11 @@ class CTMStep:
                              "(train.teacher_mode=online) needs the teacher inside the step")
         dtype = torch.float64 if isinstance(self.teacher, GaussianMixtureTeacher) else torch.float32
         with torch.no_grad():
-            return heun_segment(self.teacher.denoise, x_t.to(dtype), self.grid, n, k, labels).float()
+            return heun_segment(self.teacher.denoise, x_t.to(dtype), self.t, n, k, labels).float()
 
     def generator_loss(self, state, mb, gen):
         n, k, t, u, s = self.times(mb, gen)
-        sigma = sample_dsm_sigma(len(n), gen, **self.sigma_range).float().to(self.device)
+        sigma = self.grid.dsm_sigma(len(n), gen).float().to(self.device)
         noise = torch.randn(mb["x0"].shape, generator=gen).to(self.device)
         x0, x_t = mb["x0"].to(self.device), mb["x_t"].to(self.device)
         labels = mb["label"].to(self.device) if self.use_labels else None
@@ -215,7 +203,7 @@ class CTMStep:
         x0, x_t = mb["x0"].to(self.device), mb["x_t"].to(self.device)
         labels = mb["label"].to(self.device) if self.use_labels else None
         with torch.no_grad(), self.autocast():
-            x_est = state.G_target(state.G(x_t, t, s, labels), s, float(self.grid[-1]), labels)
+            x_est = state.G_target(state.G(x_t, t, s, labels), s, float(self.t[-1]), labels)
         with torch.autocast(self.device.type, enabled=False):
             loss = discriminator_objective(state.D, x0, x_est.float())
         return loss, {"loss_d": loss.item()}

@@ -17,7 +17,7 @@ import torch
 from ctm.student import CTMPrecond
 from ctm.teacher_start import regress_onto_teacher
 from pipeline.storage import Folder
-from pipeline.datasets import load_dataset
+from pipeline.datasets import dataset_identity, open_dataset
 from pipeline.teachers import teacher_identity
 
 FOLDER = "teacher-start"
@@ -38,10 +38,12 @@ def teacher_start_key(cfg, teacher, kwargs, data_identity):
 
 
 def _locate(cfg, teacher, kwargs):
-    """(store, file name, data) of this config's start: its folder under cache.root, its name, the dataset."""
-    images, labels, identity = load_dataset(cfg.data)
+    """(store, file name, dataset) of this config's start: its folder under cache.root, its name, the dataset opened
+    for reading by index."""
+    source = open_dataset(cfg.data)
+    identity = dataset_identity(cfg.data, source)
     store = Folder(cfg.cache.root, cfg.cache.storage_options).child(FOLDER)
-    return store, f"{teacher_start_key(cfg, teacher, kwargs, identity)}.pt", (images, labels)
+    return store, f"{teacher_start_key(cfg, teacher, kwargs, identity)}.pt", source
 
 
 def teacher_start_source(cfg, teacher, kwargs):
@@ -58,7 +60,7 @@ def teacher_start_source(cfg, teacher, kwargs):
 def teacher_start(cfg, teacher, kwargs, log=print):
     """The URL of the teacher start for this config: cached under cache.root, else the one shipped with the project
     for the embedded default (copied into the cache), else regressed here and cached."""
-    store, rel, (images, labels) = _locate(cfg, teacher, kwargs)
+    store, rel, source = _locate(cfg, teacher, kwargs)
     if store.objects("").get(rel):
         log(f"[train] teacher start: {store.join_url(rel)} (cached)")
         return store.join_url(rel)
@@ -74,9 +76,9 @@ def teacher_start(cfg, teacher, kwargs, log=print):
     torch.manual_seed(cfg.train.seed)
     G = CTMPrecond(**kwargs)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    labels = torch.as_tensor(labels) if cfg.data.use_labels else None
-    loss = regress_onto_teacher(G, teacher.denoise, torch.as_tensor(images), cfg.student.init_steps,
-                                cfg.student.init_batch_size, cfg.student.init_lr, generator, cfg.grid, labels,
+    labels = torch.as_tensor(source.labels) if cfg.data.use_labels else None
+    loss = regress_onto_teacher(G, teacher.denoise, source, cfg.student.init_steps,
+                                cfg.student.init_batch_size, cfg.student.init_lr, generator, cfg.grid.grid(), labels,
                                 log=lambda line: log(f"[train] {line}"))
     buffer = io.BytesIO()
     torch.save(G.state_dict(), buffer)

@@ -1,30 +1,32 @@
-"""A training run on Ray Train: refuse bad input before any step, then a TorchTrainer with the config's workers,
-storage, checkpoint retention and failure budget.
+"""A training run on Ray Train: refuse bad input before any step (pipeline.preflight), then a TorchTrainer with the
+config's workers, storage, checkpoint retention and failure budget.
 
 Resuming: Train V2 keeps `checkpoint_manager_snapshot.json` in <storage_path>/<run_name>; a new `fit()` with the same
 RunConfig(name, storage_path) loads it and hands its newest checkpoint to `ray.train.get_checkpoint()`, so rerunning
 the same command continues the run. Restarts within train.max_failures do the same inside one `fit()`. Before
 `fit()`, the driver checks the registered checkpoints newest first against their digests and takes every damaged one
 out of the snapshot (its folder moved aside), so Ray, the data stream and the workers all resume from the newest
-checkpoint that verifies.
+checkpoint that verifies. A run whose newest verified checkpoint is at train.steps, with this config, is finished:
+its Result is read from the run directory and Ray Train does not start.
 """
 
 import copy
+import json
 import os
 
 import ray
 import ray.data
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, Result, RunConfig, ScalingConfig,
+                       UserCallback)
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipeline.cache import DamagedShardError, damaged_error, open_cache
+from pipeline.cache import DamagedShardError
 from pipeline.checkpoint import CHECKPOINT_FILE, DamagedCheckpointError, verify_checkpoint
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
 from pipeline.resources import pool_request
 from pipeline.train.data import CacheEpochs
-from pipeline.train.inputs import Checks, training_inputs
 from pipeline.train.loop import train_loop_per_worker
-from pipeline.train.rundir import RunDir, checkpoint_step
+from pipeline.train.rundir import SNAPSHOT, RunDir, checkpoint_step
 from pipeline.train.step import NonFiniteError
 from pipeline.train.teacher_start import needs_regression, teacher_start
 
@@ -106,46 +108,28 @@ def resume_point(run, log=print):
     return name
 
 
-def check_cache(cfg):
-    """The config's cache, refused when built for another config (CacheMismatchError), damaged or unusable.
-
-    Damage is looked for by the quick check (object lists and sizes, the sha256 of every shard's metadata and 1-D
-    arrays); the chunks of states and x0 are checked as the workers read them, and StopOnNonRetryable ends the run
-    at the first damaged one.
-    """
-    cache = open_cache(cfg.cache.root, cfg)
-    report = cache.verify(full=False)
-    if report["damaged"]:
-        raise damaged_error(cache.url, report["damaged"])
-    if cache.num_records < cfg.train.batch_size:
-        raise ConfigError(f"config key 'train.batch_size': the global batch {cfg.train.batch_size} is larger than the "
-                          f"cache's {cache.num_records} records; generate more (cache.num_records) or lower it")
-    if cache.mode == "noise" and (cfg.train.lambda_dsm != 0 or cfg.train.gan_start is not None):
-        raise ConfigError("config key 'cache.mode': a noise-mode cache has no real images for DSM or the GAN's real "
-                          "branch; set train.lambda_dsm=0 and train.gan_start=null, or use a data-mode cache")
-    return cache
+def finished(cfg, run, newest):
+    """Ray Train's Result of the run when it is finished: its newest verified checkpoint `newest` is at train.steps
+    and its config.yaml is this config (Ray Train would find nothing to do); None otherwise."""
+    if newest is None or checkpoint_step(newest) != cfg.train.steps or run.read_text("config.yaml") != cfg.dump():
+        return None
+    reported = {r["checkpoint_dir_name"]: r for r in json.loads(run.read_text(SNAPSHOT))["checkpoint_results"]}
+    filesystem = run.ray_storage_filesystem()
+    return Result(metrics=reported[newest]["metrics"], checkpoint=Checkpoint(run.full(newest), filesystem), error=None,
+                  path=run.full(), _storage_filesystem=filesystem)
 
 
-def check_training_inputs(cfg, cache=True):
-    """The half of preflight that needs no Ray (jobs.train runs it before Ray starts): the teacher, its student, the
-    dataset (online mode), the weights files, train.init_checkpoint, then (cache=True, cached mode) the trajectory
-    cache. The bad inputs found are raised at once (pipeline.train.inputs.InputError for several). Returns (teacher,
-    student kwargs, the cache or None)."""
-    checks = Checks()
-    teacher, kwargs = training_inputs(cfg, checks, dataset=cfg.train.teacher_mode == "online")
-    checks.raise_errors()
-    return teacher, kwargs, check_cache(cfg) if cache and cfg.train.teacher_mode == "cached" else None
-
-
-def preflight(cfg, log=print):
-    """Everything that can be refused before a worker starts. Returns (train_loop_config, datasets)."""
-    teacher, kwargs, cache = check_training_inputs(cfg)
-    num_records, datasets = (None, {}) if cache is None else (cache.num_records, {"train": CacheEpochs(cfg, cache)})
+def loop_inputs(cfg, inputs, log=print):
+    """(train_loop_config, datasets) of a run from its preflight's Inputs; the student's start is regressed (once,
+    then cached) for a mixture teacher."""
+    teacher, kwargs, cache = inputs.teacher, inputs.student_kwargs, inputs.cache
     start = teacher_start(cfg, teacher, kwargs, log) if needs_regression(cfg, teacher) else None
-    return {"cfg": cfg.to_dict(), "student_kwargs": kwargs, "num_records": num_records, "teacher_start": start}, datasets
+    num_records, datasets = (None, {}) if cache is None else (cache.num_records, {"train": CacheEpochs(cfg, cache)})
+    loop_config = {"cfg": cfg.to_dict(), "student_kwargs": kwargs, "num_records": num_records, "teacher_start": start}
+    return loop_config, datasets
 
 
-def build_trainer(cfg, loop_config, datasets):
+def build_trainer(cfg, loop_config, datasets, callbacks=()):
     t = cfg.train
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": t.cpus_per_worker}
@@ -162,28 +146,40 @@ def build_trainer(cfg, loop_config, datasets):
         run_config=RunConfig(name=t.run_name, storage_path=storage_path, storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             callbacks=[StopOnNonRetryable()]),
+                             callbacks=[StopOnNonRetryable(), *callbacks]),
         datasets=datasets,
         dataset_config=DataConfig(execution_options=ordered),
     )
 
 
-def run_training(cfg, log=print):
-    """Train (or continue) the run <train.storage_path>/<train.run_name>; returns Ray Train's Result.
+def run_training(cfg, log=print, callbacks=(), inputs=None, start_ray=None):
+    """Train (or continue) the run <train.storage_path>/<train.run_name>; returns Ray Train's Result, whose
+    `checkpoint` is the run's newest. callbacks: more Train UserCallbacks for the controller (a sweep trial's
+    milestone reports). inputs: the preflight's Inputs of this config, when the caller ran it (else it runs here).
+    start_ray: called before Ray Train starts (a job's lazy cluster); a finished run starts neither.
 
     Relative local paths are resolved here, against the driver's working directory. Raises before any step for bad
     input; DamagedCheckpointError when no registered checkpoint of the run verifies; NonFiniteError when a step's loss
     or gradient was not finite; ray.train.TrainingFailedError when workers failed more than train.max_failures times.
     """
+    from pipeline.preflight import preflight  # it imports pipeline.train's modules
     cfg = absolute_paths(cfg)
-    loop_config, datasets = preflight(cfg, log)
+    inputs = inputs or preflight(cfg, {"train"})
     run = RunDir(cfg.train.storage_path, cfg.train.run_name, cfg.train.storage_options)
     resumed = resume_point(run, log)
+    result = finished(cfg, run, resumed)
+    if result is not None:
+        log(f"[train] run directory {run.url}: the run is finished at step {cfg.train.steps} ({resumed}); nothing "
+            "to train")
+        return result
     log(f"[train] run directory {run.url}" +
         (f" (continuing from {resumed}, step {checkpoint_step(resumed)})" if resumed else ""))
+    loop_config, datasets = loop_inputs(cfg, inputs, log)
     run.write_text("config.yaml", cfg.dump())
+    if start_ray is not None:
+        start_ray()
     try:
-        return build_trainer(cfg, loop_config, datasets).fit()
+        return build_trainer(cfg, loop_config, datasets, callbacks).fit()
     except ray.train.TrainingFailedError as e:
         cause = carried(e)
         if cause is not None:

@@ -1,4 +1,5 @@
-"""The dry run of a paper config: every file each stage needs is checked and listed, nothing runs or is written."""
+"""The preflight of a paper config (what --dry-run prints): every file each stage needs is checked and listed, nothing
+runs or is written."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 
 from ctm.networks import build_edm_network, tiny_songunet_kwargs
 from pipeline.config import load_config
-from pipeline.dryrun import InputError, dry_run
+from pipeline.preflight import InputError, preflight
 from test_datasets import cifar_archive  # noqa: F401 (fixture)
 from test_teachers_edm import write_edm_pickle
 
@@ -39,7 +40,7 @@ def config(files, tmp_path, *extra):
 
 
 def test_a_paper_config_lists_every_file_and_runs_nothing(paper_files, tmp_path):
-    lines = dry_run(config(paper_files, tmp_path))
+    lines = preflight(config(paper_files, tmp_path)).lines
     text = "\n".join(lines)
     for key in ["train.lpips_vgg_path", "train.lpips_lin_path", "train.discriminator_weights.tf_efficientnet_lite0",
                 "train.discriminator_weights.deit_base_distilled_patch16_224"]:
@@ -53,7 +54,7 @@ def test_a_missing_discriminator_file_is_named_with_where_it_comes_from(paper_fi
     paper_files["train.discriminator_weights.deit_base_distilled_patch16_224"].unlink()
     with pytest.raises(FileNotFoundError, match="train.discriminator_weights.deit_base_distilled_patch16_224: "
                                                 "model.safetensors of timm/deit_base_distilled_patch16_224.fb_in1k"):
-        dry_run(config(paper_files, tmp_path))
+        preflight(config(paper_files, tmp_path))
 
 
 def test_every_missing_file_is_named_in_one_error(paper_files, tmp_path):
@@ -63,7 +64,7 @@ def test_every_missing_file_is_named_in_one_error(paper_files, tmp_path):
         paper_files[key].unlink()
     paper_files["data.path"] = tmp_path / "missing.tar.gz"
     with pytest.raises(InputError) as e:
-        dry_run(config(paper_files, tmp_path, f"train.init_checkpoint={tmp_path / 'run' / 'checkpoint_0000100'}"))
+        preflight(config(paper_files, tmp_path, f"train.init_checkpoint={tmp_path / 'run' / 'checkpoint_0000100'}"))
     message = str(e.value)
     assert message.startswith("6 inputs cannot be used: (1) FileNotFoundError: teacher.path: no EDM pickle at ")
     for key in [*gone, "data.path", "train.init_checkpoint"]:
@@ -74,11 +75,11 @@ def test_every_missing_file_is_named_in_one_error(paper_files, tmp_path):
 def test_an_unreadable_init_checkpoint_is_refused(paper_files, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"truncated")
     with pytest.raises(ValueError, match=f"^train.init_checkpoint: {tmp_path / 'checkpoint.pt'} "):
-        dry_run(config(paper_files, tmp_path, f"train.init_checkpoint={tmp_path / 'checkpoint.pt'}"))
+        preflight(config(paper_files, tmp_path, f"train.init_checkpoint={tmp_path / 'checkpoint.pt'}"))
 
 
 def test_images_of_another_shape_than_the_teachers_are_one_error_wherever_they_meet(tmp_path):
-    """The dry run (and so every stage's preflight) and the cache's generation refuse them with the same error."""
+    """The preflight (of every stage, and so the dry run) and the cache's generation refuse them with the same error."""
     from conftest import make_gmm
     from pipeline.cache.generate import prepare
     from pipeline.config import EMBEDDED_DEFAULT, ConfigError
@@ -90,7 +91,7 @@ def test_images_of_another_shape_than_the_teachers_are_one_error_wherever_they_m
     message = re.escape("config keys 'data.name' and 'teacher.path': digits images are (1, 8, 8), the teacher's are "
                         "(1, 4, 4); pair the teacher with data of its image size")
     with pytest.raises(ConfigError, match=message):
-        dry_run(cfg)
+        preflight(cfg)
     with pytest.raises(ConfigError, match=message):
         prepare(cfg, configured_teacher_identity(cfg))
     assert not (tmp_path / "cache").exists()
