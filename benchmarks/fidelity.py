@@ -32,7 +32,7 @@ from pipeline.evaluation.actors import Evaluator
 from pipeline.evaluation.models import load_checkpoint_model
 from pipeline.datasets import load_dataset
 from pipeline.teachers import build_teacher
-from pipeline.train.rundir import checkpoint_dir_name
+from pipeline.checkpoint import checkpoint_dir_name
 
 VARIANTS = {
     "default": [],

@@ -15,6 +15,7 @@ warning once the CRC-32s of its zip records pass.
 import hashlib
 import json
 import posixpath
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,11 +27,21 @@ from ctm.student import CTMPrecond
 from pipeline.config import load_config
 from pipeline.storage import atomic_file
 
+CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # checkpoint_<step, 7 digits>/ in the run directory
 CHECKPOINT_FILE = "checkpoint.pt"
 DIGEST_FILE = "checkpoint.sha256"
 SCHEDULES_FILE = "schedules.json"  # the best searched sampling schedule per NFE (pipeline/evaluation/schedules.py)
 PARTS = ("step", "config", "student_kwargs", "student", "target", "ema", "discriminator", "opt_G", "opt_D", "rng",
          "data")
+
+
+def checkpoint_dir_name(step):
+    return f"checkpoint_{step:07d}"
+
+
+def checkpoint_dir_step(name):
+    """The step of a checkpoint folder's name (checkpoint_0000600 → 600)."""
+    return int(CHECKPOINT_DIR.match(name).group(1))
 
 
 class DamagedCheckpointError(ValueError):
@@ -154,14 +165,25 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     return parts
 
 
+def read_step(path):
+    """The training step a checkpoint was written at (memory-mapped read: no tensor is loaded)."""
+    return int(torch.load(checkpoint_file(path), map_location="cpu", mmap=True, weights_only=True)["step"])
+
+
+def student_state(parts, ema_rate, file):
+    """The student's state dict at `ema_rate` (0: the online weights θ) of a checkpoint's parts; KeyError naming the
+    rates `file` holds when it lacks that EMA."""
+    if ema_rate != 0 and str(ema_rate) not in parts["ema"]:
+        raise KeyError(f"{file} holds EMAs at rates {sorted(parts['ema'])}, not {ema_rate}: pass one of these, or 0 for "
+                       "the online weights (train.ema_rates sets which a run keeps)")
+    return parts["student"] if ema_rate == 0 else parts["ema"][str(ema_rate)]
+
+
 def load_student(path, ema_rate=0.999, device="cpu"):
     """(CTMPrecond holding the EMA weights at `ema_rate` (0: the online weights θ), in eval mode on `device`, Config
     of the run)."""
     parts = load_checkpoint(path)
-    rates = sorted(parts["ema"])
-    if ema_rate != 0 and str(ema_rate) not in parts["ema"]:
-        raise KeyError(f"{checkpoint_file(path)} holds EMAs at rates {rates}, not {ema_rate}: pass one of these, or 0 "
-                       "for the online weights (train.ema_rates sets which are kept)")
+    state = student_state(parts, ema_rate, checkpoint_file(path))
     G = CTMPrecond(**parts["student_kwargs"])
-    G.load_state_dict(parts["student"] if ema_rate == 0 else parts["ema"][str(ema_rate)])
+    G.load_state_dict(state)
     return G.to(device).eval().requires_grad_(False), load_config(base=parts["config"])

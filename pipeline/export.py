@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from ctm.student import CTMPrecond
-from pipeline.checkpoint import checkpoint_file, checkpoint_sha256, load_checkpoint, read_schedules
+from pipeline.checkpoint import checkpoint_file, checkpoint_sha256, load_checkpoint, read_schedules, student_state
 from pipeline.config import GridConfig
 from pipeline.storage import atomic_file
 
@@ -52,15 +52,16 @@ def read_student(checkpoint, ema_rate=0.999):
         parts = load_checkpoint(file, mmap=True)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    if ema_rate != 0 and str(ema_rate) not in parts["ema"]:
-        raise ExportError(f"{file} holds EMAs at rates {sorted(parts['ema'])}, not {ema_rate}: pass --ema-rate one of "
-                          "these, or 0 for the online weights (train.ema_rates sets which a run keeps)")
+    try:
+        state = student_state(parts, ema_rate, file)
+    except KeyError as e:
+        raise ExportError(e.args[0].replace("pass one of", "pass --ema-rate one of")) from None
     config = parts["config"]
     grid = GridConfig(**{k: v for k, v in config.get("grid", {}).items() if k in GRID_KEYS})
     info = {"ctm_export_version": VERSION, "student_kwargs": parts["student_kwargs"], "ema_rate": ema_rate,
             "grid": {k: getattr(grid, k) for k in GRID_KEYS}, "step": int(parts["step"]),
             "dataset": config.get("data", {}).get("name"), "checkpoint": run_checkpoint_name(file, "/")}
-    return parts["student"] if ema_rate == 0 else parts["ema"][str(ema_rate)], info
+    return state, info
 
 
 def load_checkpoint_student(checkpoint, ema_rate=0.999, device="cpu"):

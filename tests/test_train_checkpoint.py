@@ -180,3 +180,16 @@ def test_the_preflight_takes_a_checkpoint_of_this_student_and_refuses_another(te
     wider = {**student_kwargs(cfg, teacher), "model_channels": 64}
     with pytest.raises(ConfigError, match=r"its student differs from this config's in \['model_channels'\]"):
         check_init_checkpoint(cfg, wider)
+
+
+def test_the_checkpoint_layout_names_folders_by_step_and_reads_the_step_without_the_weights(teacher, tmp_path):
+    from pipeline.checkpoint import checkpoint_dir_name, checkpoint_dir_step, read_step, student_state
+    assert checkpoint_dir_name(600) == "checkpoint_0000600" and checkpoint_dir_step("checkpoint_0000600") == 600
+    folder = tmp_path / checkpoint_dir_name(17)
+    state = perturbed(config("train.gan_start=0"), teacher, 4)
+    save(folder, config(), state)
+    assert read_step(folder) == read_step(folder / CHECKPOINT_FILE) == 17
+    parts = load_checkpoint(folder)
+    assert student_state(parts, 0, folder) is parts["student"] and student_state(parts, 0.9, folder) is parts["ema"]["0.9"]
+    with pytest.raises(KeyError, match=r"holds EMAs at rates \['0.9', '0.99'\], not 0.5"):
+        student_state(parts, 0.5, folder)

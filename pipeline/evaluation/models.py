@@ -12,7 +12,7 @@ import torch
 
 from ctm.seeding import eval_generators
 from ctm.solver import heun
-from pipeline.checkpoint import checkpoint_file, load_student
+from pipeline.checkpoint import checkpoint_file, load_student, read_step
 from pipeline.teachers import build_teacher, teacher_identity
 
 from .settings import latents_and_labels
@@ -40,16 +40,11 @@ class ExactFlowMap:
                                                           "rtol": self.rtol, "digest": self.teacher.digest()[:16]})
 
 
-def checkpoint_step(file):
-    """The training step a checkpoint was written at (memory-mapped read: no tensor is loaded)."""
-    return int(torch.load(file, map_location="cpu", mmap=True, weights_only=True)["step"])
-
-
 def load_checkpoint_model(path, ema_rate, device="cpu"):
     """A training checkpoint's EMA student at `ema_rate` (pipeline.checkpoint's contract)."""
     file = checkpoint_file(path)
     G, _ = load_student(file, ema_rate=ema_rate, device=device)
-    info = {"checkpoint": str(file.parent), "step": checkpoint_step(file), "ema_rate": ema_rate}
+    info = {"checkpoint": str(file.parent), "step": read_step(file), "ema_rate": ema_rate}
     return Model(G, (G.img_channels, G.img_resolution, G.img_resolution), G.label_dim, info)
 
 

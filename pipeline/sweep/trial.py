@@ -27,13 +27,14 @@ from ray import tune
 from ray.train import Checkpoint, UserCallback
 from ray.util.queue import Queue
 
+from pipeline.checkpoint import checkpoint_dir_step
 from pipeline.config import load_config
 from pipeline.evaluation import Setting
 from pipeline.evaluation.models import load_checkpoint_model
 from pipeline.evaluation.report import public
 from pipeline.schedule_search.space import random_schedules
 from pipeline.train import run_training
-from pipeline.train.rundir import RunDir, checkpoint_step
+from pipeline.train.rundir import RunDir
 
 TRIAL_FILE = "trial.json"
 
@@ -139,8 +140,8 @@ def passed_milestones(cfg, steps):
     (step, ray.train.Checkpoint), oldest first."""
     run = RunDir(cfg.train.storage_path, cfg.train.run_name, cfg.train.storage_options)
     filesystem = run.ray_storage_filesystem()
-    return [(checkpoint_step(name), Checkpoint(run.full(name), filesystem)) for name in run.registered()
-            if checkpoint_step(name) in steps]
+    return [(checkpoint_dir_step(name), Checkpoint(run.full(name), filesystem)) for name in run.registered()
+            if checkpoint_dir_step(name) in steps]
 
 
 def run_trial(params, base, pool, train_root, teacher=None):

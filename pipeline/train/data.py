@@ -20,8 +20,9 @@ from ray.data import Datasource
 
 from ctm.seeding import TRAIN_DATA, TRAIN_K, TRAIN_PERM, generator_for
 from pipeline.cache import CacheDatasource
+from pipeline.checkpoint import checkpoint_dir_step
 from pipeline.datasets import apply_flips, flip_mask
-from pipeline.train.rundir import RunDir, checkpoint_step
+from pipeline.train.rundir import RunDir
 
 ROW_KEYS = ("x0", "label", "index", "n", "k", "x_t", "x_u")
 DATA_FILE = "data.json"  # a checkpoint's data position beside checkpoint.pt, read by CacheEpochs on the driver
@@ -204,7 +205,7 @@ def newest_data_position(run):
     if not registered:
         return 0, None
     text = run.read_text(f"{registered[-1]}/{DATA_FILE}")
-    return checkpoint_step(registered[-1]), cached_position(json.loads(text)) if text is not None else None
+    return checkpoint_dir_step(registered[-1]), cached_position(json.loads(text)) if text is not None else None
 
 
 def stream_rows(t, K, steps):

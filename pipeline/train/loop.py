@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ctm.sampling import gamma_sample
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint
 from pipeline.config import load_config
 from pipeline.datasets import open_dataset
 from pipeline.images import save_grid
@@ -34,7 +34,7 @@ from pipeline.teachers import build_teacher
 from pipeline.train.data import (DATA_FILE, CachedBatches, OnlineBatches, cached_position, stream_epoch,
                                  worker_positions)
 from pipeline.train.metrics import Listeners, report_due
-from pipeline.train.rundir import RunDir, checkpoint_dir_name
+from pipeline.train.rundir import RunDir
 from pipeline.train.state import build_state, load_weights, nonfinite_parts, resume, state_parts
 from pipeline.train.step import CTMStep, NonFiniteError, is_discriminator_step
 from pipeline.train.teacher_start import load_teacher_start

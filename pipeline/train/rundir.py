@@ -7,20 +7,10 @@ persisted but never registered is written again when the run reaches its step).
 """
 
 import json
-import re
 
 from pipeline.storage import Folder
 
-CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's list of registered checkpoints
-
-
-def checkpoint_dir_name(step):
-    return f"checkpoint_{step:07d}"
-
-
-def checkpoint_step(name):
-    return int(CHECKPOINT_DIR.match(name).group(1))
 
 
 class RunDir(Folder):

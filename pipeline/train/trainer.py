@@ -21,12 +21,12 @@ from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, 
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.cache import DamagedShardError
-from pipeline.checkpoint import CHECKPOINT_FILE, DamagedCheckpointError, verify_checkpoint
+from pipeline.checkpoint import CHECKPOINT_FILE, DamagedCheckpointError, checkpoint_dir_step, verify_checkpoint
 from pipeline.config import load_config
 from pipeline.resources import pool_request
 from pipeline.train.data import CacheEpochs
 from pipeline.train.loop import train_loop_per_worker
-from pipeline.train.rundir import SNAPSHOT, RunDir, checkpoint_step
+from pipeline.train.rundir import SNAPSHOT, RunDir
 from pipeline.train.step import NonFiniteError
 from pipeline.train.teacher_start import needs_regression, teacher_start
 
@@ -111,7 +111,7 @@ def resume_point(run, log=print):
 def finished(cfg, run, newest):
     """Ray Train's Result of the run when it is finished: its newest verified checkpoint `newest` is at train.steps
     and its config.yaml is this config (Ray Train would find nothing to do); None otherwise."""
-    if newest is None or checkpoint_step(newest) != cfg.train.steps or run.read_text("config.yaml") != cfg.dump():
+    if newest is None or checkpoint_dir_step(newest) != cfg.train.steps or run.read_text("config.yaml") != cfg.dump():
         return None
     reported = {r["checkpoint_dir_name"]: r for r in json.loads(run.read_text(SNAPSHOT))["checkpoint_results"]}
     filesystem = run.ray_storage_filesystem()
@@ -173,7 +173,7 @@ def run_training(cfg, log=print, callbacks=(), inputs=None, start_ray=None):
             "to train")
         return result
     log(f"[train] run directory {run.url}" +
-        (f" (continuing from {resumed}, step {checkpoint_step(resumed)})" if resumed else ""))
+        (f" (continuing from {resumed}, step {checkpoint_dir_step(resumed)})" if resumed else ""))
     loop_config, datasets = loop_inputs(cfg, inputs, log)
     run.write_text("config.yaml", cfg.dump())
     if start_ray is not None:
