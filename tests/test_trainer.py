@@ -58,6 +58,14 @@ def test_a_finished_run_returns_its_newest_checkpoint_without_ray(finished_run):
                      "train"]
 
 
+def test_a_run_written_before_a_key_existed_is_still_finished(finished_run):
+    """config.yaml without the keys added since (they take their defaults) is the same config."""
+    config, path, _ = finished_run
+    text = (path / "config.yaml").read_text()
+    (path / "config.yaml").write_text("\n".join(line for line in text.splitlines() if "tensorboard" not in line))
+    assert run_training(config(), log=lambda *a: None).checkpoint.path == str(path / "checkpoint_0000004")
+
+
 @pytest.mark.parametrize("change", ["train.steps=6", "train.lr=3e-4"])
 def test_a_run_with_steps_left_or_another_config_starts_ray_train(finished_run, change):
     config, _, _ = finished_run

@@ -19,10 +19,11 @@ import ray.data
 from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, Result, RunConfig, ScalingConfig,
                        UserCallback)
 from ray.train.torch import TorchConfig, TorchTrainer
+import yaml
 
 from pipeline.cache import DamagedShardError
 from pipeline.checkpoint import CHECKPOINT_FILE, DamagedCheckpointError, checkpoint_dir_step, verify_checkpoint
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.resources import pool_request
 from pipeline.train.data import CacheEpochs
 from pipeline.train.loop import train_loop_per_worker
@@ -108,10 +109,19 @@ def resume_point(run, log=print):
     return name
 
 
+def same_config(run, cfg):
+    """Whether the run's config.yaml, read as this code reads configs (keys it omits take their defaults), is `cfg`: a
+    run written before a config key was added is still the same run."""
+    try:
+        return load_config(base=yaml.safe_load(run.read_text("config.yaml") or "")).to_dict() == cfg.to_dict()
+    except (ConfigError, yaml.YAMLError, TypeError, ValueError):
+        return False
+
+
 def finished(cfg, run, newest):
     """Ray Train's Result of the run when it is finished: its newest verified checkpoint `newest` is at train.steps
     and its config.yaml is this config (Ray Train would find nothing to do); None otherwise."""
-    if newest is None or checkpoint_dir_step(newest) != cfg.train.steps or run.read_text("config.yaml") != cfg.dump():
+    if newest is None or checkpoint_dir_step(newest) != cfg.train.steps or not same_config(run, cfg):
         return None
     reported = {r["checkpoint_dir_name"]: r for r in json.loads(run.read_text(SNAPSHOT))["checkpoint_results"]}
     filesystem = run.ray_storage_filesystem()
