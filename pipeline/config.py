@@ -120,7 +120,6 @@ class TrainConfig:
     mlflow: dict | None = None        # {tracking_uri: ..., experiment: ...} logs to MLflow (extra [mlflow]); null: off
     wandb: dict | None = None         # {project: ..., mode: offline} logs to W&B (extra [wandb]); null: off
     seed: int = 0
-    fail_at_step: int | None = None   # TEST ONLY: rank 0 dies once at this step (a marker in the run dir stops repeats)
 
 
 @dataclass
@@ -301,6 +300,7 @@ def load_config(path=None, overrides=(), base=None):
 
 RENAMED = {"eval.sweep_nfe": "eval.schedule_nfe", "eval.sweep_gammas": "eval.schedule_gammas",
            "eval.sweep_two_step": "eval.schedule_two_step"}  # old key: new key
+REMOVED = ("train.fail_at_step",)  # keys that older stored configs may hold (faults are now injected by tests)
 
 
 def _renamed_present(tree):
@@ -321,8 +321,12 @@ def _refuse_renamed_keys(tree, where):
 
 
 def _renamed_keys_moved(tree):
-    """A copy of a stored config dict with each renamed key under its new name."""
+    """A copy of a stored config dict with each renamed key under its new name and each removed key dropped."""
     tree = copy.deepcopy(dict(tree))
+    for key in REMOVED:
+        section, name = key.split(".")
+        if isinstance(tree.get(section), dict):
+            tree[section].pop(name, None)
     for old, new in _renamed_present(tree):
         (section, name), (_, new_name) = old.split("."), new.split(".")
         tree[section][new_name] = tree[section].pop(name)
@@ -472,8 +476,6 @@ def _check_train(t, need):
          f"must be 'target' or 'ema_<rate>' (an EMA the checkpoint holds, e.g. ema_0.999), got {t.init_target!r}")
     need(t.init_target == "target" or t.init_checkpoint, "train.init_target",
          "resets θ⁻ from train.init_checkpoint's EMA; set train.init_checkpoint (or use --from-checkpoint DIR)")
-    need(t.fail_at_step is None or (isinstance(t.fail_at_step, int) and 0 <= t.fail_at_step < t.steps),
-         "train.fail_at_step", "test-only; must lie in [0, steps)")
     need(t.mlflow is None or "tracking_uri" in t.mlflow, "train.mlflow", "needs its tracking_uri (nothing is sent "
          "anywhere unless asked; a local folder works: file:///path/mlruns)")
     for key, allowed in (("mlflow", {"tracking_uri", "experiment"}), ("wandb", {"project", "mode", "entity", "group"})):

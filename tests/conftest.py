@@ -93,6 +93,15 @@ def ray_cluster():
     restore_env(saved)
 
 
+@pytest.fixture
+def kill_rank0(monkeypatch):
+    """kill_rank0(step, when=None): in this test's Ray Train runs, rank 0's process exits once before step `step`
+    (only in runs whose Config `when` accepts); a marker file killed_at_step_<step>.marker in the run directory stops
+    repeats. How: tests/faults.py."""
+    import faults
+    return lambda step, when=None: faults.kill_rank0(monkeypatch, step, when)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -167,3 +167,11 @@ def test_renamed_keys_are_refused_naming_the_new_key_but_stored_configs_still_lo
     stored["eval"]["sweep_nfe"] = [1, 3]
     assert load_config(base=stored).eval.schedule_nfe == (1, 3) and "sweep_nfe" in stored["eval"]
     assert load_config(overrides=["eval.schedule_nfe=[2]"]).eval.schedule_nfe == (2,)
+
+
+def test_a_removed_key_is_unknown_but_stored_configs_holding_it_still_load():
+    stored = load_config().to_dict()  # a checkpoint or run's config.yaml written while train.fail_at_step existed
+    stored["train"]["fail_at_step"] = None
+    assert load_config(base=stored).to_dict() == load_config().to_dict() and "fail_at_step" in stored["train"]
+    with pytest.raises(ConfigError, match="unknown config key 'train.fail_at_step'"):
+        load_config(overrides=["train.fail_at_step=3"])

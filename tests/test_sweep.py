@@ -11,6 +11,7 @@ import pytest
 import yaml
 from ray import tune
 
+import faults
 from jobs.sweep import main as sweep_main
 from pipeline.checkpoint import load_student
 from pipeline.config import EMBEDDED_DEFAULT, ConfigError, load_config
@@ -18,19 +19,20 @@ from pipeline.evaluation import EvaluatorPool
 from pipeline.sweep import check_search_space, milestones, param_space, run_sweep, trial_config
 from pipeline.sweep.space import num_trials
 
-SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "train.fail_at_step": {"grid_search": [None, 0, None]}}
+SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}
+SECOND = "_00001"  # the end of the second trial's id (Tune numbers its trials in order)
 
 
 def sweep_config(root, *overrides):
     """Three tiny trials, one at a time, each trained 2 steps and scored after each (ASHA sees 2 reports); the
-    second dies at its first step (train.fail_at_step, test only) with no Train or Tune retries."""
+    `sweep` fixture makes the second die at its first step, with no Train or Tune retries."""
     return load_config(overrides=[
         "student.architecture=tiny", "student.init_steps=10", "train.distance=l2", "train.batch_size=8", "train.ema_rates=[0.9]",
         "train.steps=2", "train.checkpoint_every=100", "train.log_every=1", "train.max_failures=0",
         f"cache.root={root / 'cache'}", f"eval.out={root / 'eval'}", "cache.num_records=32", "cache.records_per_shard=32",
         "eval.num_samples=100", "eval.batch_size=100", "eval.ema_rate=0.9",
         f"sweep.storage_path={root}", "sweep.name=s", "sweep.report_every=1", "sweep.max_concurrent_trials=1",
-        "sweep.num_samples=1", "sweep.max_failures=0", ("sweep.search_space", SPACE), *overrides])
+        "sweep.num_samples=3", "sweep.max_failures=0", ("sweep.search_space", SPACE), *overrides])
 
 
 def test_search_space_becomes_tune_domains(tmp_path):
@@ -65,12 +67,11 @@ def test_bad_search_spaces_are_refused_naming_the_key(space, message):
 
 def test_a_trial_runs_all_its_steps_with_a_checkpoint_at_every_milestone(tmp_path):
     assert milestones(5, 2) == [2, 4, 5] and milestones(4, 2) == [2, 4] and milestones(3, 10) == [3]
-    base = load_config(overrides=["train.steps=50", "train.fail_at_step=3", "train.checkpoint_every=15",
-                                  "sweep.report_every=10"]).to_dict()
+    base = load_config(overrides=["train.steps=50", "train.checkpoint_every=15", "sweep.report_every=10"]).to_dict()
     cfg = trial_config(base, {"train.lr": np.float64(2e-4), "train.seed": np.int64(7)}, str(tmp_path), "abc_00001")
     assert (cfg.train.lr, cfg.train.seed, cfg.train.run_name, cfg.train.storage_path) == \
         (2e-4, 7, "abc_00001", str(tmp_path)) and type(cfg.train.seed) is int
-    assert (cfg.train.steps, cfg.train.fail_at_step, cfg.train.checkpoint_every) == (50, 3, 5)  # gcd(15, 10)
+    assert (cfg.train.steps, cfg.train.checkpoint_every) == (50, 5)  # gcd(15, 10)
 
 
 def test_the_job_refuses_bad_input_before_anything_runs(tmp_path, capsys):
@@ -107,16 +108,19 @@ def train_controllers():
 
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
-    """The shared sweep: run until the injected failure interrupts it, then restored to the end."""
+    """The shared sweep: run until the injected failure (the second trial's rank 0 dies at step 0) interrupts it,
+    then restored to the end."""
     root = tmp_path_factory.mktemp("sweep")
     cfg = sweep_config(root)
     exp, quiet, pool, controllers = root / "s", lambda *a: None, EvaluatorPool(cfg), train_controllers()
     try:
-        first = run_sweep(cfg, callbacks=[InterruptAtFirstError()], pool=pool, log=quiet)
-        state = {"cfg": cfg, "exp": exp, "first": first, "best_saved_early": (exp / "best.json").exists(),
-                 "before": finished_trial_files(exp, first["trials"][0]["trial_id"])}
-        state["second"] = run_sweep(cfg, restore=True, pool=pool, log=quiet)
-        state["train_starts"] = train_controllers() - controllers
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            faults.kill_rank0(monkeypatch, 0, when=lambda run_cfg: run_cfg.train.run_name.endswith(SECOND))
+            first = run_sweep(cfg, callbacks=[InterruptAtFirstError()], pool=pool, log=quiet)
+            state = {"cfg": cfg, "exp": exp, "first": first, "best_saved_early": (exp / "best.json").exists(),
+                     "before": finished_trial_files(exp, first["trials"][0]["trial_id"])}
+            state["second"] = run_sweep(cfg, restore=True, pool=pool, log=quiet)
+            state["train_starts"] = train_controllers() - controllers
     finally:
         pool.shutdown()
     return state
@@ -127,7 +131,8 @@ def test_an_injected_trial_failure_leaves_the_other_trials_intact(sweep):
     t0, t1, *unstarted = first["trials"]  # Tune draws the third trial only once a slot is free
     assert [t["status"] for t in first["trials"]] == ["done", "error"] + ["not done"] * len(unstarted)
     assert not first["complete"]
-    assert t1["params"]["train.fail_at_step"] == 0 and "WorkerGroupError" in t1["error"] and t1["fid"] is None
+    assert t1["trial_id"].endswith(SECOND) and "WorkerGroupError" in t1["error"] and t1["fid"] is None
+    assert [p.name for p in (exp / "train" / t1["trial_id"]).glob("*.marker")] == [faults.marker(0)]
     assert t0["step"] == 2 and math.isfinite(t0["fid"]) and t0["checkpoint"].endswith("checkpoint_0000002")
     assert sorted(p.name for p in (exp / "train" / t0["trial_id"]).glob("checkpoint_0*")) == \
         ["checkpoint_0000001", "checkpoint_0000002"]

@@ -45,22 +45,24 @@ def assert_same_weights(got, want, atol):
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=atol)
 
 
-def test_a_dying_worker_and_a_killed_job_resume_from_the_last_checkpoint(ray_cluster, teacher_path, tmp_path):
+def test_a_dying_worker_and_a_killed_job_resume_from_the_last_checkpoint(ray_cluster, teacher_path, tmp_path,
+                                                                         kill_rank0):
     """Run 1 dies at step 5 with no retries left (a killed job): checkpoints 2 and 4 remain. The same command again
     continues from step 4; its worker then dies at step 7 and Ray Train restarts it from checkpoint 6. The run ends
     at step 8 with every checkpoint and log line exactly once and the weights of an uninterrupted run."""
     common = ["train.steps=8", "train.checkpoint_every=2", "train.log_every=2", "train.run_name=ft"]
+    kill_rank0(5)
     with pytest.raises(ray.train.TrainingFailedError):
-        run_training(config(tmp_path, teacher_path, *common, "train.fail_at_step=5", "train.max_failures=0"),
-                     log=lambda *a: None)
+        run_training(config(tmp_path, teacher_path, *common, "train.max_failures=0"), log=lambda *a: None)
     run = tmp_path / "ft"
     assert sorted(p.name for p in run.glob("checkpoint_0*")) == ["checkpoint_0000002", "checkpoint_0000004"]
-    cfg = config(tmp_path, teacher_path, *common, "train.fail_at_step=7", "train.max_failures=1")
+    kill_rank0(7)
+    cfg = config(tmp_path, teacher_path, *common, "train.max_failures=1")
     result = run_training(cfg, log=lambda *a: None)
     assert result.checkpoint.path.endswith("checkpoint_0000008")
     assert sorted(p.name for p in run.glob("checkpoint_0*")) == [f"checkpoint_000000{s}" for s in (2, 4, 6, 8)]
     assert [json.loads(line)["step"] for line in (run / "stats.jsonl").read_text().splitlines()] == [2, 4, 6, 8]
-    assert {p.name for p in run.glob("*.marker")} == {"fail_at_step_5.marker", "fail_at_step_7.marker"}
+    assert {p.name for p in run.glob("*.marker")} == {"killed_at_step_5.marker", "killed_at_step_7.marker"}
     parts = load_checkpoint(result.checkpoint.path)
     assert parts["step"] == 8 and parts["data"] == {"mode": "online", "epoch": 0, "offset": 64}
     assert_same_weights(parts["student"], reference_student(cfg), atol=1e-6)

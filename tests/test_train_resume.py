@@ -170,7 +170,8 @@ def test_a_non_finite_loss_stops_the_run_at_once(ray_cluster, teacher_path, tmp_
     assert [p.name for p in (tmp_path / "nan").glob("checkpoint_0*")] == ["checkpoint_0000001"]
 
 
-def test_a_run_resumed_past_an_unregistered_checkpoint_ends_bit_identical(ray_cluster, teacher_path, tmp_path):
+def test_a_run_resumed_past_an_unregistered_checkpoint_ends_bit_identical(ray_cluster, teacher_path, tmp_path,
+                                                                          kill_rank0):
     """Cached mode, 8 steps. A kill between persisting checkpoint 6 and Ray registering it leaves the folder on disk
     while the snapshot ends at 4. The rerun says it continues from 4 (the snapshot, as the workers do), builds the
     data stream from 4's position; its worker dies again at step 6 and Ray Train restarts it from the new checkpoint
@@ -192,9 +193,9 @@ def test_a_run_resumed_past_an_unregistered_checkpoint_ends_bit_identical(ray_cl
              for s in (4, 6)}
     assert epoch[4] < epoch[6]  # 6's position lies in a later cache epoch: a stream started there lacks 4's rows
     lines = []
-    resumed = run_training(cached("train.run_name=killed", "train.fail_at_step=6", "train.max_failures=1"),
-                           log=lines.append)
-    assert (tmp_path / "killed" / "fail_at_step_6.marker").exists()
+    kill_rank0(6)
+    resumed = run_training(cached("train.run_name=killed", "train.max_failures=1"), log=lines.append)
+    assert (tmp_path / "killed" / "killed_at_step_6.marker").exists()
     assert f"[train] run directory {tmp_path / 'killed'} (continuing from checkpoint_0000004, step 4)" in lines
     assert resumed.checkpoint.path.endswith("checkpoint_0000008")
     assert same_state(load_checkpoint(straight.checkpoint.path), load_checkpoint(resumed.checkpoint.path)) == []

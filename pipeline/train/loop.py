@@ -158,15 +158,6 @@ def write_samples(state, run, label_dim, device, grid):
             run.put(local, f"samples/step_{state.step:07d}_nfe{nfe}.png")
 
 
-def maybe_fail(cfg, run, step, rank):
-    """TEST ONLY (train.fail_at_step): rank 0's process dies once at that step; a marker in the run dir keeps the
-    restarted worker from dying again."""
-    marker = f"fail_at_step_{step}.marker"
-    if rank == 0 and cfg.train.fail_at_step == step and not run.exists(marker):
-        run.write_text(marker, "")
-        os._exit(1)
-
-
 def data_position(source, step, world_size, device):
     """The run's data position, called on every rank: online, the step's; cached, every worker's (gathered)."""
     position = source.position(step)
@@ -256,7 +247,6 @@ def train_loop_per_worker(config):
     newest = checkpoint_dir_name(state.step) if ray.train.get_checkpoint() is not None else None  # newest good one
     try:
         while state.step < t.steps:
-            maybe_fail(cfg, run, state.step, rank)
             d_step = is_discriminator_step(state.step, t.gan_start)
             batch = source(state.step)
             clock = clock or TrainClock()  # from the first batch on: starting the data stream is start-up
