@@ -26,13 +26,12 @@ from pipeline.cache.manifest import key_fields, shard_ranges
 from pipeline.cache.records import make_records
 from pipeline.config import load_config
 from pipeline.datasets import load_dataset
-from pipeline.teachers import teacher_identity
 
 
 def plain_loop(cfg, teacher):
     """Seconds to make every record of `cfg`'s cache in this process, shard by shard, without writing."""
     images, labels, data_id = load_dataset(cfg.data)
-    spec = record_spec(cfg, key_fields(cfg, teacher_identity(teacher), data_id))
+    spec = record_spec(cfg, key_fields(cfg, teacher.identity(), data_id))
     start = time.perf_counter()
     with torch.no_grad():
         for _, a, b in shard_ranges(cfg.cache.num_records, cfg.cache.records_per_shard):

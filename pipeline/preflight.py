@@ -23,7 +23,7 @@ from pipeline.checkpoint import load_checkpoint, load_student
 from pipeline.config import ConfigError
 from pipeline.datasets import check_dataset
 from pipeline.evaluation.features import check_features
-from pipeline.teachers import build_teacher, check_images_fit_teacher, configured_teacher_identity, teacher_identity
+from pipeline.teachers import build_teacher, check_images_fit_teacher, configured_teacher_identity
 from pipeline.train.state import student_kwargs
 from pipeline.train.teacher_start import needs_regression, teacher_start_source
 
@@ -99,7 +99,7 @@ def _teacher(cfg, build):
     """((the teacher or None, its identity), line): built on the CPU when `build`, else only identified (a network
     teacher is built by the generation actors, never on the driver)."""
     teacher = build_teacher(cfg) if build else None
-    identity = teacher_identity(teacher) if build else configured_teacher_identity(cfg)
+    identity = teacher.identity() if build else configured_teacher_identity(cfg)
     return (teacher, identity), (f"teacher: {identity['kind']} {cfg.teacher.path or '(fitted to the digits)'}, images "
                                  f"{tuple(identity['image_shape'])}, {identity['label_dim']} labels, digest "
                                  f"{identity['digest'][:16]}")

@@ -40,26 +40,21 @@ def build_teacher(cfg, device="cpu"):
     return EDMTeacher(net.to(device), fast=t.fast, kind=t.kind)
 
 
-def teacher_identity(teacher):
-    """kind, weights digest, image shape and label count: the fields of a cache key that name the teacher."""
-    return teacher.identity()
-
-
 def configured_teacher_identity(cfg):
-    """teacher_identity of the teacher `cfg` names, built (on the CPU) only the first time this machine sees its file:
-    remembered by the file's path, size and modification time (`pipeline.memo`). The mixture fitted to the digits
-    (no teacher.path) is fitted here, since its fit is what its identity names."""
+    """The identity (`Teacher.identity`) of the teacher `cfg` names, built (on the CPU) only the first time this
+    machine sees its file: remembered by the file's path, size and modification time (`pipeline.memo`). The mixture
+    fitted to the digits (no teacher.path) is fitted here, since its fit is what its identity names."""
     t = cfg.teacher
     if not t.path or not Path(t.path).is_file():
-        return teacher_identity(build_teacher(cfg))  # the fit, or the error naming the missing file
+        return build_teacher(cfg).identity()  # the fit, or the error naming the missing file
     stat = os.stat(t.path)
     stamp = {"teacher": t.kind, "key": t.key, "path": os.path.realpath(t.path), "size": stat.st_size,
              "mtime_ns": stat.st_mtime_ns}
-    return remembered(stamp, lambda: teacher_identity(build_teacher(cfg)))
+    return remembered(stamp, lambda: build_teacher(cfg).identity())
 
 
 def teacher_image_shape(teacher):
-    return tuple(teacher_identity(teacher)["image_shape"])
+    return tuple(teacher.identity()["image_shape"])
 
 
 def check_images_fit_teacher(teacher_id, data_cfg, image_shape, labels=None):

@@ -19,7 +19,7 @@ from pipeline.config import load_config
 from pipeline.datasets import open_dataset
 from pipeline.evaluation.models import teacher_heun_batches
 from pipeline.evaluation.settings import Setting
-from pipeline.teachers import build_teacher, teacher_identity
+from pipeline.teachers import build_teacher
 from pipeline.train.data import OnlineBatches, step_k
 from pipeline.train.loop import write_samples
 from pipeline.train.state import build_state, student_kwargs
@@ -101,7 +101,7 @@ def test_training_draws_and_the_dsm_sigma_follow_the_config(cfg, expected):
 def test_the_cache_solves_and_keys_on_the_config_grid(cfg, expected):
     noise = copy.deepcopy(cfg)
     noise.cache.mode = "noise"  # records from n = 0: the whole trajectory
-    fields = key_fields(noise, teacher_identity(build_teacher(cfg)), None)
+    fields = key_fields(noise, build_teacher(cfg).identity(), None)
     assert fields["grid"] == {"N": 18, "sigma_min": 0.002, "sigma_max": SIGMA_MAX, "rho": RHO, "K": 6}
     spec = record_spec(noise, fields)
     teacher = Recorder()

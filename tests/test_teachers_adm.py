@@ -12,7 +12,7 @@ from ctm.student import CTMPrecond, is_s_path_key, student_from_teacher
 from ctm.teachers import ADM_PRESETS, EDMTeacher, TeacherError, load_adm
 from ctm.teachers.edm import RefusedPickleError
 from pipeline.config import ConfigError, load_config
-from pipeline.teachers import build_teacher, teacher_identity
+from pipeline.teachers import build_teacher
 from pipeline.train.state import build_student, student_kwargs
 from test_networks_adm import TINY, fixture
 
@@ -219,7 +219,7 @@ def test_imagenet64_config_builds_the_adm_teacher_and_its_student(tiny_pt, monke
     cfg = load_config(IMAGENET64, [f"teacher.path={path}", "teacher.key=tiny"])
     assert load_config(IMAGENET64).teacher.key in ADM_PRESETS
     teacher = build_teacher(cfg)
-    identity = teacher_identity(teacher)
+    identity = teacher.identity()
     assert (identity["kind"], identity["image_shape"], identity["label_dim"]) == ("adm", [3, 8, 8], 5)
     torch.testing.assert_close(teacher.denoise(x, t, labels), out["teacher_denoised"], rtol=1e-5, atol=1e-5)
     kwargs = student_kwargs(cfg, teacher)

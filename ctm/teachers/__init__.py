@@ -56,5 +56,9 @@ class EDMTeacher:
                 "image_shape": [self.net.img_channels, self.net.img_resolution, self.net.img_resolution]}
 
 
-__all__ = ["ADM_PRESETS", "Teacher", "EDMTeacher", "GaussianMixtureTeacher", "RefusedPickleError", "TeacherError",
+COMPUTE_DTYPES = {"gmm": GaussianMixtureTeacher.compute_dtype, "edm": EDMTeacher.compute_dtype,
+                  "adm": EDMTeacher.compute_dtype}  # by the kind a teacher's identity names
+
+
+__all__ = ["ADM_PRESETS", "COMPUTE_DTYPES", "Teacher", "EDMTeacher", "GaussianMixtureTeacher", "RefusedPickleError", "TeacherError",
            "check_finite", "load_adm", "load_edm", "weights_digest"]

@@ -3,13 +3,13 @@
 import torch
 
 from pipeline.datasets import dataset_identity
-from pipeline.teachers import configured_teacher_identity, teacher_identity
+from pipeline.storage import Folder
+from pipeline.teachers import configured_teacher_identity
 
 from .errors import REPAIR, CacheError, CacheNotFoundError, DamagedManifestError
 from .manifest import FORMAT, FORMAT_VERSION, cache_key, check_fields, differing_fields, key_fields
 from .shards import ShardReader
 from .sink import MANIFEST
-from pipeline.storage import Folder
 
 SHARDS = "shards"
 REQUIRED = ("key", "key_fields", "records_per_shard", "num_records", "image_shape", "grid", "shards")
@@ -85,7 +85,7 @@ class TrajectoryCache:
 def config_key_fields(cfg, teacher=None):
     """The key fields `cfg` names: the identity of `teacher` (None: of the configured teacher, remembered from its
     file) and of the dataset, from its files (nothing is decoded to float; `pipeline.datasets.dataset_identity`)."""
-    teacher_id = configured_teacher_identity(cfg) if teacher is None else teacher_identity(teacher)
+    teacher_id = configured_teacher_identity(cfg) if teacher is None else teacher.identity()
     data_id = dataset_identity(cfg.data) if cfg.cache.mode == "data" else None
     return key_fields(cfg, teacher_id, data_id)
 

@@ -17,9 +17,11 @@ import numpy as np
 import ray
 import torch
 
+from ctm.teachers import COMPUTE_DTYPES
 from pipeline.datasets import dataset_identity, hflip_enabled, open_dataset
 from pipeline.resources import pool_request
-from pipeline.teachers import build_teacher, check_images_fit_teacher, configured_teacher_identity, teacher_identity
+from pipeline.storage import Folder
+from pipeline.teachers import build_teacher, check_images_fit_teacher, configured_teacher_identity
 
 from .cache import TrajectoryCache, cache_folder, read_manifest, remove_leftovers
 from .errors import DamagedManifestError
@@ -27,7 +29,6 @@ from .manifest import check_fields, key_fields, missing_shards, new_manifest
 from .records import RecordSpec, make_records
 from .recover import adopt_shards
 from .sink import MANIFEST, ManifestCommitter, ShardSink
-from pipeline.storage import Folder
 from .verify import damaged_error
 
 
@@ -45,7 +46,7 @@ class TeacherFactory:
         return build_teacher(self.cfg, device)
 
     def identity(self):
-        return teacher_identity(self.mixture) if self.mixture is not None else configured_teacher_identity(self.cfg)
+        return self.mixture.identity() if self.mixture is not None else configured_teacher_identity(self.cfg)
 
 
 def record_spec(cfg, fields):
@@ -53,7 +54,7 @@ def record_spec(cfg, fields):
     return RecordSpec(seed=cfg.cache.seed, grid=cfg.grid.grid(), mode=cfg.cache.mode,
                       image_shape=tuple(t["image_shape"]), hflip=hflip_enabled(cfg.data),
                       conditional=fields["data"]["use_labels"], label_dim=t["label_dim"],
-                      dtype=cfg.cache.dtype, compute_dtype="float64" if t["kind"] == "gmm" else "float32")
+                      dtype=cfg.cache.dtype, compute_dtype=str(COMPUTE_DTYPES[t["kind"]]).removeprefix("torch."))
 
 
 class ShardSolver:
@@ -63,7 +64,7 @@ class ShardSolver:
     def __init__(self, cfg, teacher_factory, fields, fingerprint, device):
         self.device, self.batch_size = device, cfg.cache.batch_size
         self.teacher = teacher_factory(device)
-        digest = teacher_identity(self.teacher)["digest"]
+        digest = self.teacher.identity()["digest"]
         if digest != fields["teacher"]["digest"]:
             raise RuntimeError(f"the teacher built on this node has weights digest {digest[:12]}, the driver's "
                                f"{fields['teacher']['digest'][:12]}: every node must read the same teacher.path")
@@ -151,7 +152,7 @@ def generate_cache(cfg, teacher_factory=None, repair=False, log=print):
     rebuild a damaged manifest from the shards) instead of refusing them.
     """
     factory = teacher_factory or TeacherFactory(cfg)
-    teacher_id = factory.identity() if hasattr(factory, "identity") else teacher_identity(factory("cpu"))
+    teacher_id = factory.identity() if hasattr(factory, "identity") else factory("cpu").identity()
     store, manifest, fields, fingerprint = prepare(cfg, teacher_id, repair, log)
     todo = missing_shards(manifest, cfg.cache.num_records)
     covered = sum(e["count"] for e in manifest["shards"])

@@ -16,7 +16,7 @@ SOLVER = "heun"
 def key_fields(cfg, teacher_id, data_id):
     """Everything that changes a record's bytes; not num_records, records_per_shard, batch size or actor count.
 
-    teacher_id: `pipeline.teachers.teacher_identity`; data_id: the dataset's identity (name, content digest ...),
+    teacher_id: the teacher's `identity()`; data_id: the dataset's identity (name, content digest ...),
     None in noise mode, where no data enters a record.
     """
     c = cfg.cache

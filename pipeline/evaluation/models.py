@@ -13,7 +13,7 @@ import torch
 from ctm.seeding import eval_generators
 from ctm.solver import heun
 from pipeline.checkpoint import checkpoint_file, load_student, read_step
-from pipeline.teachers import build_teacher, teacher_identity
+from pipeline.teachers import build_teacher
 
 from .settings import latents_and_labels
 
@@ -62,7 +62,7 @@ def as_model(source, ema_rate, device="cpu"):
 
 def teacher_model(cfg, device="cpu"):
     teacher = build_teacher(cfg, device)
-    identity = teacher_identity(teacher)
+    identity = teacher.identity()
     info = {"model": f"teacher ({identity['kind']})", "digest": identity["digest"][:16]}
     return teacher, tuple(identity["image_shape"]), identity["label_dim"], info
 

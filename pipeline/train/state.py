@@ -13,7 +13,6 @@ import torch
 from ctm.discriminator import build_discriminator
 from ctm.networks import tiny_songunet_kwargs
 from ctm.student import CTMPrecond, student_from_teacher
-from pipeline.teachers import teacher_identity
 
 
 @dataclass
@@ -35,7 +34,7 @@ def unwrap(module):
 def student_kwargs(cfg, teacher):
     """CTMPrecond constructor arguments for `cfg.student` and this teacher (its image shape and label count)."""
     if cfg.student.architecture == "tiny":
-        identity = teacher_identity(teacher)
+        identity = teacher.identity()
         C, H, _ = identity["image_shape"]
         kwargs = tiny_songunet_kwargs(H, C, identity["label_dim"])
     elif teacher.network_kwargs is not None:

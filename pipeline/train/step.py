@@ -25,7 +25,6 @@ import torch
 from ctm.distances import build_distance
 from ctm.losses import CTMLoss, DSMLoss
 from ctm.seeding import TRAIN_STEP, TRAIN_TORCH, generator_for, seed_for
-from ctm.teachers import GaussianMixtureTeacher
 from ctm.training import discriminator_objective, ema_update, generator_objective, heun_segment
 from pipeline.train.state import unwrap
 
@@ -177,9 +176,8 @@ class CTMStep:
         if self.teacher is None:
             raise ValueError("this batch has no cached x_u and no teacher was given: online mode "
                              "(train.teacher_mode=online) needs the teacher inside the step")
-        dtype = torch.float64 if isinstance(self.teacher, GaussianMixtureTeacher) else torch.float32
         with torch.no_grad():
-            return heun_segment(self.teacher.denoise, x_t.to(dtype), self.t, n, k, labels).float()
+            return heun_segment(self.teacher.denoise, x_t.to(self.teacher.compute_dtype), self.t, n, k, labels).float()
 
     def generator_loss(self, state, mb, gen):
         n, k, t, u, s = self.times(mb, gen)

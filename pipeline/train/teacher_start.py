@@ -18,7 +18,6 @@ from ctm.student import CTMPrecond
 from ctm.teacher_start import regress_onto_teacher
 from pipeline.storage import Folder
 from pipeline.datasets import dataset_identity, open_dataset
-from pipeline.teachers import teacher_identity
 
 FOLDER = "teacher-start"
 SHIPPED = Path(__file__).with_name("teacher_starts")  # the embedded default's start, made by `python -m jobs.teacher_start`
@@ -26,12 +25,12 @@ SHIPPED = Path(__file__).with_name("teacher_starts")  # the embedded default's s
 
 def needs_regression(cfg, teacher):
     """A fresh student starts as its teacher by regression when the teacher has no network to copy."""
-    return cfg.student.init_from_teacher and teacher_identity(teacher)["kind"] == "gmm"
+    return cfg.student.init_from_teacher and teacher.network_kwargs is None
 
 
 def teacher_start_key(cfg, teacher, kwargs, data_identity):
     s = cfg.student
-    fields = {"teacher": teacher_identity(teacher)["digest"], "student_kwargs": kwargs, "data": data_identity["digest"],
+    fields = {"teacher": teacher.identity()["digest"], "student_kwargs": kwargs, "data": data_identity["digest"],
               "steps": s.init_steps, "batch_size": s.init_batch_size, "lr": s.init_lr, "seed": cfg.train.seed,
               "grid": [cfg.grid.sigma_min, cfg.grid.sigma_max, cfg.grid.rho], "version": 1}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
