@@ -181,7 +181,8 @@ def main(argv=None):
               "num_samples": cfg.eval.num_samples, "features": teacher["features"]["name"],
               "eval_ema_rate": cfg.eval.ema_rate, "config": str(EMBEDDED_DEFAULT.name), "overrides": args.set,
               "variants": {}}
-    with ray_cluster(args.local_cpus):
+    with ray_cluster(args.local_cpus) as start:
+        start()  # the variants' training needs Ray even when their caches exist
         for name in args.overrides:
             report["variants"][name] = run_variant(name, args.set, args, evaluator, flow, log)
             (out / "fidelity.json").write_text(json.dumps(report, indent=1))

@@ -49,7 +49,8 @@ def main(argv=None):
     cfg = load_config(args.config, ["eval.num_actors=2", f"eval.out={out / 'eval'}", *args.set])
     held_out_cfg = load_config(base=cfg.to_dict(), overrides=[("eval.seed", cfg.eval.seed + 1)])
     rows = {}
-    with ray_cluster(args.local_cpus) as ray:
+    with ray_cluster(args.local_cpus) as start:
+        ray = start()
         pool = EvaluatorPool(cfg)
         try:
             default, = ray.get(pool.submit(args.checkpoint, [Setting(args.nfe, 0.0)]))

@@ -315,6 +315,19 @@ def test_pixel_discriminator_reads_tiny_images_with_its_own_trainable_features()
         D(torch.zeros(1, 1, 16, 16))
 
 
+def test_pixel_discriminator_reads_images_clamped_to_the_data_range():
+    """A digits student's x_est overshoots [-1, 1] (a quarter of its pixels fall below -1, where no real pixel lies);
+    D reads it as the sampler outputs it, clamped: out-of-range values change no logit and take no gradient."""
+    D = build_discriminator("pixels", img_channels=1, img_resolution=8)
+    x = torch.linspace(-2, 2, 4 * 64).reshape(4, 1, 8, 8)
+    D.eval()
+    assert torch.equal(D(x), D(x.clamp(-1, 1))) and not torch.equal(D(x), D(x / 2))
+    x.requires_grad_()
+    D.train()(x).sum().backward()
+    outside = x.detach().abs() > 1
+    assert outside.any() and (x.grad[outside] == 0).all() and (x.grad[~outside] != 0).any()
+
+
 def test_pixel_discriminator_augments_by_the_configured_policy_only():
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     seen = []
