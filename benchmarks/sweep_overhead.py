@@ -2,8 +2,8 @@
 trial starts Ray Train once; beside it, the former design (a new TorchTrainer per milestone chunk) timed on one
 trial's config in the same script.
 
-    python -m benchmarks.sweep_overhead                          # 2 trials, 3 milestones of 4 steps, digits, CPU
-    python -m benchmarks.sweep_overhead --trials 4 --milestones 5 --steps 50 --no-chunks
+    python -m benchmarks.sweep_overhead                          # 2 trials, 3 milestones of 4 steps: the fixed costs
+    python -m benchmarks.sweep_overhead --milestones 4 --steps 200 --no-chunks   # trials as long as digits.yaml's
 
 The trajectory cache, the student start and the evaluation actors are made before the clock starts (a sweep makes
 them once, whatever its size). The trials run one at a time and ASHA keeps all of them (grace period = the last
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from jobs.common import restore_env, start_local_ray
-from pipeline.config import load_config
+from pipeline.config import EMBEDDED_DEFAULT, load_config
 from pipeline.evaluation import EvaluatorPool, Setting
 from pipeline.sweep import run_sweep
 from pipeline.sweep.trial import milestones, score, trial_config
@@ -35,15 +35,15 @@ LRS = [4e-4, 2e-4, 1e-4, 8e-4, 3e-4, 6e-4]
 
 
 def sweep_config(root, args):
+    """The embedded default's sweep (digits.yaml: batch 64, its EMAs and evaluation) with milestones × steps per trial,
+    one learning rate per trial, trials one at a time, every trial kept to the end."""
     steps = args.milestones * args.steps
-    return load_config(overrides=[
-        "student.architecture=tiny", "train.distance=l2", "train.batch_size=16", "train.ema_rates=[0.9]",
+    return load_config(EMBEDDED_DEFAULT, overrides=[
         f"train.steps={steps}", f"train.checkpoint_every={args.steps}", f"train.log_every={args.steps}",
-        "train.max_failures=0", f"cache.root={root / 'cache'}", f"eval.out={root / 'eval'}", "cache.num_records=256",
-        "eval.num_samples=200", "eval.batch_size=200", "eval.ema_rate=0.9", f"sweep.storage_path={root}",
-        "sweep.name=bench", f"sweep.report_every={args.steps}", "sweep.max_concurrent_trials=1",
-        "sweep.num_samples=1", "sweep.max_failures=0", f"sweep.grace_period={args.milestones}",
-        ("sweep.search_space", {"train.lr": {"grid_search": LRS[:args.trials]}})])
+        "train.max_failures=0", f"cache.root={args.cache_root or root / 'cache'}", f"eval.out={root / 'eval'}",
+        f"sweep.storage_path={root}", "sweep.name=bench", f"sweep.report_every={args.steps}",
+        "sweep.max_concurrent_trials=1", "sweep.num_samples=1", "sweep.max_failures=0",
+        f"sweep.grace_period={args.milestones}", ("sweep.search_space", {"train.lr": {"grid_search": LRS[:args.trials]}})])
 
 
 def trial_times(exp, trial_id):
@@ -78,6 +78,7 @@ def main(argv=None):
     p.add_argument("--milestones", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="steps between milestones")
     p.add_argument("--no-chunks", action="store_true", help="leave out the former per-chunk design")
+    p.add_argument("--cache-root", help="reuse the trajectory caches under this folder (default: a new one)")
     args = p.parse_args(argv)
     saved = start_local_ray(8, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:
@@ -94,8 +95,9 @@ def main(argv=None):
             wall = time.perf_counter() - started
             times = [trial_times(root / "bench", t["trial_id"]) for t in outcome["trials"]]
             train, evaluation = sum(t[0] for t in times), sum(t[1] for t in times)
-            print(f"{args.trials} trials x {args.milestones} milestones x {args.steps} steps (batch 16, digits, "
-                  f"tiny student), one trial at a time")
+            print(f"{args.trials} trials x {args.milestones} milestones x {args.steps} steps of the embedded default "
+                  f"(batch {cfg.train.batch_size}, FID of {cfg.eval.num_samples} samples per milestone), one trial at a "
+                  "time")
             for t, (tr, ev, n) in zip(outcome["trials"], times):
                 print(f"  trial {t['trial_id']}: {n} reports, train {tr:.1f} s, eval {ev:.1f} s, status {t['status']}")
             print(line("one Train run per trial (sweep)", wall, train + evaluation))
