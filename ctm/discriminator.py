@@ -340,7 +340,8 @@ class PixelDiscriminator(nn.Module):
 def build_discriminator(kind="tiny", img_channels=3, weights_paths=None, cout=64, tiny_resolution=32,
                         diffaug_policy="color,translation,cutout", img_resolution=None):
     """kind: 'pixels' (PixelDiscriminator on img_resolution-pixel images), or '+'-separated feature networks of the
-    projected discriminator (4 heads each): 'tiny', the official pair
+    projected discriminator (4 heads each): 'tiny', 'digits_cnn' (a CNN trained on the digits, ctm/digits_cnn.py),
+    the official pair
     'tf_efficientnet_lite0+deit_base_distilled_patch16_224' (timm), or torchvision's 'efficientnet_b0+vit_b_16'.
 
     weights_paths maps each pretrained network's name to its local weights file.
@@ -354,11 +355,16 @@ def build_discriminator(kind="tiny", img_channels=3, weights_paths=None, cout=64
     for name in kind.split("+"):
         if name == "tiny":
             networks.append(TinyFeatureNetwork(img_channels, resolution=tiny_resolution))
+        elif name == "digits_cnn":
+            if img_channels != 1:
+                raise ValueError(f"the 'digits_cnn' feature network reads grey digits, not {img_channels}-channel images")
+            from ctm.digits_cnn import digits_feature_network  # it builds on this module's TinyFeatureNetwork
+            networks.append(digits_feature_network())
         elif name in TIMM_WEIGHTS:
             networks.append(TimmFeatureNetwork(name, weights_paths.get(name)))
         elif name in TORCHVISION_WEIGHT_FILES:
             networks.append(TorchvisionFeatureNetwork(name, weights_paths.get(name)))
         else:
-            choices = ["pixels (alone)", "tiny", *TIMM_WEIGHTS, *TORCHVISION_WEIGHT_FILES]
+            choices = ["pixels (alone)", "tiny", "digits_cnn", *TIMM_WEIGHTS, *TORCHVISION_WEIGHT_FILES]
             raise ValueError(f"unknown feature network '{name}' in kind '{kind}': pick from {choices}")
     return ProjectedDiscriminator(networks, diffaug_policy, cout)

@@ -79,6 +79,7 @@ class StudentConfig:
     init_batch_size: int = 128
     init_lr: float = 2e-3
     dropout: float | None = None      # None keeps the architecture's own (DDPM++ 0.13)
+    channels: int | None = None       # tiny: the DDPM++'s model_channels (None: 16)
 
 
 @dataclass
@@ -425,6 +426,10 @@ def validate(cfg):
     _count("student.init_batch_size", s.init_batch_size)
     _number("student.init_lr", s.init_lr, low=0, low_open=True)
     _optional(_number, "student.dropout", s.dropout, low=0, high=1, high_open=True)
+    _optional(_count, "student.channels", s.channels)
+    if s.channels is not None and s.architecture != "tiny":
+        raise ConfigError("config key 'student.channels': it sets the tiny student's width, but student.architecture "
+                          f"is {s.architecture!r} (the teacher's own network); leave it unset")
     _check_train(cfg.train, need)
     _check_eval(cfg.eval, g, need)
     w = cfg.sweep

@@ -137,7 +137,7 @@ def weights_files(cfg):
         files += [(t.lpips_vgg_path, "train.lpips_vgg_path", "torchvision's vgg16-397923af.pth"),
                   (t.lpips_lin_path, "train.lpips_lin_path", "the lpips package's vgg.pth")]
     if t.gan_start is not None:
-        for arch in (a for a in t.discriminator.split("+") if a not in ("tiny", "pixels")):
+        for arch in (a for a in t.discriminator.split("+") if a not in ("tiny", "pixels", "digits_cnn")):
             what = (f"torchvision's {TORCHVISION_WEIGHT_FILES[arch]}" if arch in TORCHVISION_WEIGHT_FILES else
                     f"model.safetensors of {TIMM_WEIGHTS[arch]}" if arch in TIMM_WEIGHTS else f"the {arch} weights")
             files.append((t.discriminator_weights.get(arch), f"train.discriminator_weights.{arch}", what))

@@ -114,6 +114,7 @@ def test_a_typo_in_a_config_is_refused(tmp_path):
     ("eval.two_step=[[a, 1]]", "eval.two_step"), ("sweep.gamma=.inf", "sweep.gamma"),
     ("sweep.cpus_per_trial=.inf", "sweep.cpus_per_trial"), ("student.init_lr=.inf", "student.init_lr"),
     ("teacher.components=0", "teacher.components"), ("train.diffaug=color,blur", "train.diffaug"),
+    ("student.channels=0", "student.channels"),
 ])
 def test_impossible_numbers_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
@@ -134,6 +135,16 @@ def test_the_mixture_teacher_has_no_network_for_a_teacher_architecture_student()
     edm = ["teacher.kind=edm", "teacher.path=weights/edm.pkl"]
     assert load_config(overrides=edm).student.architecture == "teacher"  # ... a network teacher's is its own network
     assert load_config(overrides=[*edm, "student.architecture=tiny"]).student.architecture == "tiny"
+
+
+def test_student_channels_widen_the_tiny_student_only():
+    from pipeline.train.state import student_kwargs
+    from pipeline.teachers import build_teacher
+    cfg = load_config(CONFIGS / "digits.yaml", ["student.channels=24"])
+    assert student_kwargs(cfg, build_teacher(cfg))["model_channels"] == 24
+    assert student_kwargs(load_config(CONFIGS / "digits.yaml"), build_teacher(cfg))["model_channels"] == 16
+    with pytest.raises(ConfigError, match="'student.channels'.*tiny student's width.*'teacher'"):
+        load_config(overrides=["teacher.kind=edm", "teacher.path=weights/edm.pkl", "student.channels=32"])
 
 
 def test_broken_yaml_names_the_file_and_the_line(tmp_path):

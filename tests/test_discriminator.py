@@ -349,3 +349,28 @@ def test_train_state_builds_d_with_the_configured_diffaug():
     kwargs = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
                   channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
     assert build_state(cfg, kwargs, None, "cpu").D.diffaug_policy == "translation,cutout"
+
+
+def test_digits_cnn_discriminator_reads_frozen_digits_features_through_trainable_heads():
+    from ctm.digits_cnn import digits_feature_network
+    D = build_discriminator("digits_cnn", img_channels=1, img_resolution=8)
+    net = D.feature_networks[0]
+    shipped = digits_feature_network()
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), shipped.state_dict().values()))
+    assert not any(p.requires_grad for p in net.parameters())
+    assert [h.shape[-1] for h in net(torch.zeros(1, 1, 8, 8))] == [16, 8, 4, 2]
+    D.train()
+    assert not net.training  # frozen: stays in eval mode
+    x = torch.rand(3, 1, 8, 8, requires_grad=True) * 2 - 1
+    D(x).mean().backward()
+    assert all(p.grad is not None for h in D.heads for p in h.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="grey digits"):
+        build_discriminator("digits_cnn", img_channels=3)
+
+
+@pytest.mark.slow
+def test_digits_cnn_weights_rebuild_exactly():
+    from ctm.digits_cnn import digits_feature_network, train_digits_cnn
+    rebuilt, shipped = train_digits_cnn().trunk.state_dict(), digits_feature_network().state_dict()
+    assert rebuilt.keys() == shipped.keys()
+    assert all(torch.equal(rebuilt[k], shipped[k]) for k in shipped)

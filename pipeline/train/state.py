@@ -37,6 +37,8 @@ def student_kwargs(cfg, teacher):
         identity = teacher.identity()
         C, H, _ = identity["image_shape"]
         kwargs = tiny_songunet_kwargs(H, C, identity["label_dim"])
+        if cfg.student.channels is not None:
+            kwargs["model_channels"] = cfg.student.channels
     elif teacher.network_kwargs is not None:
         kwargs = teacher.network_kwargs
     else:
