@@ -141,8 +141,10 @@ def test_student_channels_widen_the_tiny_student_only():
     from pipeline.train.state import student_kwargs
     from pipeline.teachers import build_teacher
     cfg = load_config(CONFIGS / "digits.yaml", ["student.channels=24"])
-    assert student_kwargs(cfg, build_teacher(cfg))["model_channels"] == 24
-    assert student_kwargs(load_config(CONFIGS / "digits.yaml"), build_teacher(cfg))["model_channels"] == 16
+    teacher = build_teacher(cfg)
+    assert student_kwargs(cfg, teacher)["model_channels"] == 24
+    assert student_kwargs(load_config(CONFIGS / "digits.yaml"), teacher)["model_channels"] == 32
+    assert student_kwargs(load_config(), teacher)["model_channels"] == 16  # unset: the tiny DDPM++'s own
     with pytest.raises(ConfigError, match="'student.channels'.*tiny student's width.*'teacher'"):
         load_config(overrides=["teacher.kind=edm", "teacher.path=weights/edm.pkl", "student.channels=32"])
 
