@@ -64,3 +64,12 @@ def test_renoising_and_seeds_change_samples():
     assert not torch.allclose(draw(Setting(2, 1.0), 0), draw(Setting(2, 0.0), 0))
     assert not torch.allclose(draw(Setting(1, 0.0), 0), draw(Setting(1, 0.0), 1))
     torch.testing.assert_close(draw(Setting(2, 1.0), 0), draw(Setting(2, 1.0), 0))
+
+
+def test_a_paused_sample_stream_leaves_grad_on_for_its_caller():
+    first, second = (sample_batches(point_mass_flow, Setting(1, 0.0), GRID, 64, 32, 0, (1, 8, 8)) for _ in range(2))
+    next(first)  # clean-fid pulls the batches it needs and leaves each stream paused
+    assert torch.is_grad_enabled()
+    next(second)
+    del first, second
+    assert torch.is_grad_enabled()  # a training step after an in-process evaluation still gets gradients

@@ -96,5 +96,6 @@ def sample_batches(G, setting, grid, num, batch_size, seed, image_shape, label_d
     for index, start in enumerate(range(0, num, batch_size)):
         latent_gen, noise_gen = eval_generators(seed, index, device)
         latents, labels = latents_and_labels(min(batch_size, num - start), image_shape, label_dim, latent_gen, device)
-        with torch.no_grad():
-            yield jump_sample(G, latents * t_steps[0], t_steps, s_steps, labels, noise_gen)
+        with torch.no_grad():  # left before the yield: a generator paused inside it would turn grad off for its caller
+            x = jump_sample(G, latents * t_steps[0], t_steps, s_steps, labels, noise_gen)
+        yield x
