@@ -33,7 +33,7 @@ from pipeline.images import save_grid
 from pipeline.teachers import build_teacher
 from pipeline.train.data import (DATA_FILE, CachedBatches, OnlineBatches, cached_position, stream_epoch,
                                  worker_positions)
-from pipeline.train.metrics import Listeners, report_due
+from pipeline.train.metrics import Listeners, quiet_report_logs, report_due
 from pipeline.train.rundir import RunDir
 from pipeline.train.state import build_state, load_weights, nonfinite_parts, resume, state_parts
 from pipeline.train.step import CTMStep, NonFiniteError, is_discriminator_step
@@ -212,6 +212,7 @@ def train_loop_per_worker(config):
     "teacher_start": URL of the mixture teacher's student start or None}."""
     cfg = load_config(base=config["cfg"])
     t = cfg.train
+    quiet_report_logs()
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

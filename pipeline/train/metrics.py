@@ -133,6 +133,15 @@ class Listeners:
             listener.close()
 
 
+def quiet_report_logs():
+    """Ray Train 2.60 logs every ray.train.report on the worker at INFO, a line of several hundred characters with
+    all the metrics, under a logger named by its file (so RunConfig's LoggingConfig does not reach it). Rank 0 prints
+    the run's own progress line at each log step instead, and stats.jsonl and TensorBoard keep every metric."""
+    import logging
+    from ray.train.v2._internal.execution import context
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def report_due(device, world_size):
     """Whether every rank's previous ray.train.report has been taken by the controller (agreed over ranks).
 
