@@ -1,6 +1,10 @@
-"""The embedded default's data: scikit-learn's 1,797 8×8 digits, scaled to [−1, 1], and its mixture teacher."""
+"""The embedded default's data: scikit-learn's 1,797 8×8 digits, scaled to [−1, 1], its mixture teacher, and the
+.npz files that the digits networks trained by the project ship their weights in."""
+
+from pathlib import Path
 
 import numpy as np
+import torch
 from threadpoolctl import threadpool_limits
 
 from .teachers.gmm import GaussianMixtureTeacher
@@ -24,3 +28,18 @@ def fit_digits_teacher(n_components=10, reg_covar=1e-3, seed=0):
     images, _ = load_digits_images()
     with threadpool_limits(1):
         return GaussianMixtureTeacher.fit(images, n_components=n_components, reg_covar=reg_covar, seed=seed)
+
+
+def save_weights(net, path):
+    """`net`'s state dict as an .npz of its tensors (the shipped weights of a digits network)."""
+    np.savez(path, **{k: v.numpy() for k, v in net.state_dict().items()})
+
+
+def load_weights(net, path, rebuild):
+    """`net` with the weights of the .npz `path`; FileNotFoundError naming `rebuild`, the command that remakes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with `{rebuild}`")
+    with np.load(path) as f:
+        net.load_state_dict({k: torch.from_numpy(f[k]) for k in f.files})
+    return net

@@ -9,11 +9,10 @@ beside this file holds the trunk weights `train_digits_cnn()` produced; `write_d
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctm.digits import load_digits_images
+from ctm.digits import load_digits_images, load_weights, save_weights
 from ctm.discriminator import TinyFeatureNetwork
 
 WEIGHTS_PATH = Path(__file__).with_name("digits_cnn.npz")
@@ -69,17 +68,11 @@ def train_digits_cnn(seed=0, steps=400, lr=3e-3, batch=256):
 
 def write_digits_cnn(path=WEIGHTS_PATH, **train_kwargs):
     net = train_digits_cnn(**train_kwargs)
-    np.savez(path, **{k: v.numpy() for k, v in net.trunk.state_dict().items()})
+    save_weights(net.trunk, path)
     return net
 
 
 def digits_feature_network(path=WEIGHTS_PATH):
     """The frozen trunk with the shipped weights: a FeatureNetwork of four maps (16, 8, 4, 2 pixels)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"the digits discriminator's feature network {path} is missing; rebuild it with "
-                                "`python -c 'from ctm.digits_cnn import write_digits_cnn; write_digits_cnn()'`")
-    net = TinyFeatureNetwork(1, WIDTHS, RESOLUTION)
-    with np.load(path) as f:
-        net.load_state_dict({k: torch.from_numpy(f[k]) for k in f.files})
-    return net
+    return load_weights(TinyFeatureNetwork(1, WIDTHS, RESOLUTION), path,
+                        "python -c 'from ctm.digits_cnn import write_digits_cnn; write_digits_cnn()'")

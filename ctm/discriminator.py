@@ -28,6 +28,7 @@ TIMM_WEIGHTS = {  # the official pair (timm names) and where their ImageNet weig
     "deit_base_distilled_patch16_224": "timm/deit_base_distilled_patch16_224.fb_in1k",
 }
 DPT_WIDTHS = (96, 192, 384, 768)  # ViT-B/16 token maps -> four scales (DPT's reassemble, as StyleGAN-XL reads DeiT)
+BUILT_IN = ("pixels", "tiny", "digits_cnn")  # discriminator kinds that need no weights file of the user's
 HEAD_WIDTHS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 512: 16, 1024: 8}  # SingleDisc's nfc_midas
 
 
@@ -365,6 +366,6 @@ def build_discriminator(kind="tiny", img_channels=3, weights_paths=None, cout=64
         elif name in TORCHVISION_WEIGHT_FILES:
             networks.append(TorchvisionFeatureNetwork(name, weights_paths.get(name)))
         else:
-            choices = ["pixels (alone)", "tiny", "digits_cnn", *TIMM_WEIGHTS, *TORCHVISION_WEIGHT_FILES]
-            raise ValueError(f"unknown feature network '{name}' in kind '{kind}': pick from {choices}")
+            choices = [*BUILT_IN, *TIMM_WEIGHTS, *TORCHVISION_WEIGHT_FILES]
+            raise ValueError(f"unknown feature network '{name}' in kind '{kind}': pick from {choices} ('pixels' alone)")
     return ProjectedDiscriminator(networks, diffaug_policy, cout)

@@ -16,7 +16,7 @@ for its own FID).
 import dataclasses
 from pathlib import Path
 
-from ctm.discriminator import TIMM_WEIGHTS, TORCHVISION_WEIGHT_FILES
+from ctm.discriminator import BUILT_IN, TIMM_WEIGHTS, TORCHVISION_WEIGHT_FILES
 from pipeline.cache import CacheError, damaged_error, open_cache
 from pipeline.cache.manifest import missing_shards
 from pipeline.checkpoint import load_checkpoint, load_student
@@ -137,7 +137,7 @@ def weights_files(cfg):
         files += [(t.lpips_vgg_path, "train.lpips_vgg_path", "torchvision's vgg16-397923af.pth"),
                   (t.lpips_lin_path, "train.lpips_lin_path", "the lpips package's vgg.pth")]
     if t.gan_start is not None:
-        for arch in (a for a in t.discriminator.split("+") if a not in ("tiny", "pixels", "digits_cnn")):
+        for arch in (a for a in t.discriminator.split("+") if a not in BUILT_IN):
             what = (f"torchvision's {TORCHVISION_WEIGHT_FILES[arch]}" if arch in TORCHVISION_WEIGHT_FILES else
                     f"model.safetensors of {TIMM_WEIGHTS[arch]}" if arch in TIMM_WEIGHTS else f"the {arch} weights")
             files.append((t.discriminator_weights.get(arch), f"train.discriminator_weights.{arch}", what))

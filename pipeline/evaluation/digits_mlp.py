@@ -9,10 +9,9 @@ Adam from a fixed seed, about a second on one CPU core); `write_digits_mlp(path)
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ctm.digits import load_digits_images
+from ctm.digits import load_digits_images, load_weights, save_weights
 
 WEIGHTS_PATH = Path(__file__).with_name("digits_mlp.npz")
 LAYERS = ("fc1", "fc2", "out")
@@ -66,18 +65,13 @@ def train_digits_mlp(seed=0, steps=300, lr=3e-3):
 
 def write_digits_mlp(path=WEIGHTS_PATH, **train_kwargs):
     net = train_digits_mlp(**train_kwargs)
-    np.savez(path, **{k: v.numpy() for k, v in net.state_dict().items()})
+    save_weights(net, path)
     return net
 
 
 def load_digits_mlp(path=WEIGHTS_PATH):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"the digits feature network {path} is missing; rebuild it with "
-                                "`python -c 'from pipeline.evaluation.digits_mlp import write_digits_mlp; write_digits_mlp()'`")
-    net = DigitsMLP()
-    with np.load(path) as f:
-        net.load_state_dict({k: torch.from_numpy(f[k]) for k in f.files})
+    net = load_weights(DigitsMLP(), path, "python -c 'from pipeline.evaluation.digits_mlp import write_digits_mlp; "
+                                          "write_digits_mlp()'")
     return net.eval().requires_grad_(False)
 
 
