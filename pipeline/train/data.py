@@ -260,9 +260,11 @@ class CacheEpochs:
         count = math.ceil(stream_rows(t, self.cfg.grid.grid().K, max(t.steps - step, 0)) / M) + 1
         source = EpochsDatasource(self.cache, range(first, first + count), t.seed)
         # a read task decodes one shard in milliseconds, but each concurrent one costs a worker process (seconds to
-        # start): a read ahead of every training worker keeps up, where Ray's default starts one per CPU at once
+        # start): a read ahead of every training worker keeps up, where Ray's default starts one per CPU at once. The
+        # reads reserve no CPU: the training workers may hold all of a cluster's CPUs (2 on a 2-core machine), and a
+        # read that waited for one would hang the run
         stream = ray.data.read_datasource(source, override_num_blocks=source.num_tasks(),
-                                          concurrency=t.num_workers + 1)
+                                          concurrency=t.num_workers + 1, num_cpus=0)
         # the split's progress bars would print thousands of lines into a job's log (one redraw per block and
         # operator, each epoch); rank 0 prints the run's own progress lines instead
         stream.context.enable_progress_bars = False
