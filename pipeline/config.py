@@ -140,6 +140,7 @@ class EvalConfig:
     teacher_fid: bool = False         # also score the teacher's own Heun samples on the full N-point grid
     batch_size: int = 250             # sampling and feature batch
     seed: int = 0                     # latents are shared by every setting of one evaluation
+    repeats: int = 1                  # latent draws per setting (seeds eval.seed, eval.seed + 1, ...): FID is their mean
     cpus_per_actor: float = 1.0
     reference_cache: str | None = None  # where reference statistics are cached (None = <eval.out>/references)
     likelihood_samples: int = 64      # images scored for NLL (bits/dim, Hutchinson)
@@ -147,6 +148,11 @@ class EvalConfig:
     schedule_nfe: tuple = (1, 2, 3, 4, 6, 8)      # the schedule sweep (jobs.evaluate --schedule-sweep): NFE × γ
     schedule_gammas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)  # on finished checkpoints, no training
     schedule_two_step: tuple = ()     # [i1, i2] pairs scored beside schedule_nfe × schedule_gammas
+
+    def seeds(self):
+        """The latent seeds of each setting's draws: FID, real against real and the teacher's FID are their means
+        (at 1,797 digits one draw's FID moves by a fifth between seeds; docs/benchmarks.md)."""
+        return list(range(self.seed, self.seed + self.repeats))
 
 
 @dataclass
@@ -507,6 +513,7 @@ def _check_eval(e, g, need):
     for key in ("batch_size", "num_actors", "likelihood_samples"):
         _count(f"eval.{key}", getattr(e, key))
     _count("eval.seed", e.seed, low=0)
+    _count("eval.repeats", e.repeats)
     _gpus("eval.gpus_per_actor", e.gpus_per_actor)
     _number("eval.cpus_per_actor", e.cpus_per_actor, low=0)
     _number("eval.ema_rate", e.ema_rate, low=0, high=1, high_open=True)  # 0: the online weights

@@ -111,6 +111,7 @@ def test_a_typo_in_a_config_is_refused(tmp_path):
     ("train.seed=-1", "train.seed"), ("cache.num_records=-5", "cache.num_records"),
     ("cache.cpus_per_actor=.inf", "cache.cpus_per_actor"), ("eval.nfe=[1, two]", "eval.nfe"),
     ("eval.gammas=[0.0, .nan]", "eval.gammas"), ("eval.num_samples=1", "eval.num_samples"),
+    ("eval.repeats=0", "eval.repeats"), ("eval.repeats=1.5", "eval.repeats"),
     ("eval.two_step=[[a, 1]]", "eval.two_step"), ("sweep.gamma=.inf", "sweep.gamma"),
     ("sweep.cpus_per_trial=.inf", "sweep.cpus_per_trial"), ("student.init_lr=.inf", "student.init_lr"),
     ("teacher.components=0", "teacher.components"), ("train.diffaug=color,blur", "train.diffaug"),

@@ -56,6 +56,28 @@ def test_actor_fid_equals_cleanfid_compute_fid_on_the_same_images(setup, tmp_pat
     assert result["real_vs_real"]["n"] == NUM and result["preview"].shape == (64, 1, 8, 8)
 
 
+def test_repeats_score_the_mean_over_consecutive_latent_seeds(tmp_path):
+    """eval.repeats = 3: each FID (the student's and the teacher's) is the mean of the FIDs that eval.seed = 4, 5 and 6
+    give one at a time, and the report names the draws."""
+    from pipeline.evaluation.actors import Evaluator
+    from pipeline.evaluation.report import write_report
+    common = [f"eval.num_samples={NUM}", f"eval.batch_size={BATCH}", f"eval.out={tmp_path / 'out'}"]
+    cfg = load_config(overrides=[*common, "eval.seed=4", "eval.repeats=3"])
+    ckpt = save_untrained_checkpoint(tmp_path / "ckpt", cfg)
+    evaluator = Evaluator(cfg)
+    result, = evaluator.score(ckpt, [Setting(1, 0.0)])
+    teacher = evaluator.score_teacher()
+    singles = [Evaluator(load_config(overrides=[*common, f"eval.seed={s}"])) for s in (4, 5, 6)]
+    assert result["fids"] == [e.score(ckpt, [Setting(1, 0.0)])[0]["fid"] for e in singles]
+    assert teacher["fids"] == [e.score_teacher()["fid"] for e in singles]
+    for r in (result, teacher):
+        assert r["fid"] == pytest.approx(np.mean(r["fids"])) and len(set(r["fids"])) == 3 and r["repeats"] == 3
+    assert result["real_vs_real"]["fds"] == [e.reference().real_vs_real["fd"] for e in singles]
+    report = write_report({"results": [result], "teacher": teacher}, tmp_path / "report").read_text()
+    assert "3 latent draws (seeds 4 to 6)" in report
+    assert f"{result['fid']:.4g} ({min(result['fids']):.3g}–{max(result['fids']):.3g})" in report
+
+
 def test_exact_flow_map_scores_alike_at_every_nfe_near_the_teacher_and_far_below_an_untrained_student(setup):
     import ray
     cfg, pool, ckpt = setup

@@ -20,11 +20,14 @@ def test_fid_of_a_set_against_itself_is_zero_and_a_shift_adds_its_squared_length
 
 def test_real_vs_real_is_a_disjoint_split_at_the_sample_count():
     feats = np.random.default_rng(1).normal(size=(100, 4))
-    r = real_vs_real(feats, 30, seed=5)
+    r = real_vs_real(feats, 30, seeds=[5])
     assert (r["n"], r["against"]) == (30, 70)
     perm = np.random.default_rng(5).permutation(100)
     assert r["fd"] == pytest.approx(fid_from_feats(feats[perm[:30]], feats[perm[30:]]))
     assert real_vs_real(feats, 1000)["n"] == 50  # at most half of the real images
+    several = real_vs_real(feats, 30, seeds=[5, 6, 7])  # eval.repeats: the mean over one split per seed
+    assert several["fds"] == [real_vs_real(feats, 30, seeds=[s])["fd"] for s in (5, 6, 7)]
+    assert several["fd"] == pytest.approx(np.mean(several["fds"])) and len(set(several["fds"])) == 3
 
 
 def test_reference_is_computed_once_then_read_from_the_cache(tmp_path):

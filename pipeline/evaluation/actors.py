@@ -7,8 +7,10 @@ GPUs). The first actor computes the reference (or reads it from the on-disk cach
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.checkpoint import checkpoint_file
@@ -53,7 +55,8 @@ class Evaluator:
             self.loads += 1
         return self._loaded[1]
 
-    def _score(self, batches, model_info, setting_info):
+    def _score(self, draw, model_info, setting_info):
+        """FID of draw(seed) (batches of eval.num_samples samples) against the reference: the mean over eval.seeds()."""
         e, preview = self.cfg.eval, []
 
         def keep_preview(batches):
@@ -62,14 +65,18 @@ class Evaluator:
                     preview.append(x[:PREVIEW].cpu().half().numpy())
                 yield x
 
-        start = time.perf_counter()
-        feats = cleanfid_features(keep_preview(batches), e.num_samples, self.features, e.batch_size, self.device)
+        start, fids = time.perf_counter(), []
+        for seed in e.seeds():
+            feats = cleanfid_features(keep_preview(draw(seed)), e.num_samples, self.features, e.batch_size,
+                                      self.device)
+            fids.append(fid(feats, self._reference))
         seconds = time.perf_counter() - start
         name = f"step {model_info['step']} of {model_info['checkpoint']}" if "step" in model_info else \
             model_info.get("model", "model")
-        progress(f"[eval] {setting_info['label']}: {e.num_samples} samples of {name} scored in {seconds:.1f} s")
-        return {"model": model_info, "setting": setting_info, "fid": fid(feats, self._reference),
-                "num_samples": e.num_samples, "seed": e.seed, "features": self.features.info,
+        draws = f" × {e.repeats} draws" if e.repeats > 1 else ""
+        progress(f"[eval] {setting_info['label']}: {e.num_samples} samples{draws} of {name} scored in {seconds:.1f} s")
+        return {"model": model_info, "setting": setting_info, "fid": float(np.mean(fids)), "fids": fids,
+                "num_samples": e.num_samples, "seed": e.seed, "repeats": e.repeats, "features": self.features.info,
                 "reference": self._reference.info, "real_vs_real": self._reference.real_vs_real,
                 "seconds": round(seconds, 3), "device": self.device, "preview": preview[0]}
 
@@ -78,9 +85,9 @@ class Evaluator:
         model, e, grid = self._model(source), self.cfg.eval, self.cfg.grid.grid()
         results = []
         for setting in settings:
-            batches = sample_batches(model.G, setting, grid, e.num_samples, e.batch_size, e.seed, model.image_shape,
-                                     model.label_dim, self.device)
-            results.append(self._score(batches, model.info, setting.to_dict(grid)))
+            draw = partial(sample_batches, model.G, setting, grid, e.num_samples, e.batch_size,
+                           image_shape=model.image_shape, label_dim=model.label_dim, device=self.device)
+            results.append(self._score(draw, model.info, setting.to_dict(grid)))
             self.scored += 1
         return results
 
@@ -88,10 +95,10 @@ class Evaluator:
         """The teacher's own FID: Heun along the full N-point grid (2(N−1) NFE) from the same latents."""
         teacher, image_shape, label_dim, info = teacher_model(self.cfg, self.device)
         e, grid = self.cfg.eval, self.cfg.grid.grid()
-        batches = teacher_heun_batches(teacher, grid, e.num_samples, e.batch_size, e.seed, image_shape, label_dim,
-                                       self.device)
+        draw = partial(teacher_heun_batches, teacher, grid, e.num_samples, e.batch_size, image_shape=image_shape,
+                       label_dim=label_dim, device=self.device)
         setting = {"label": f"teacher Heun, N={grid.N}", "tag": "teacher_heun", "nfe": 2 * (grid.N - 1)}
-        return self._score(batches, info, setting)
+        return self._score(draw, info, setting)
 
     def likelihood(self, source):
         model = self._model(source)

@@ -60,12 +60,16 @@ def fid(feats, reference):
     return float(frechet_distance(mu, sigma, reference.mu, reference.sigma))
 
 
-def real_vs_real(feats, n, seed=0):
-    """FD between a random n′ = min(n, M/2) of the M real images and the other M − n′ (the count bias floor)."""
+def real_vs_real(feats, n, seeds=(0,)):
+    """FD between a random n′ = min(n, M/2) of the M real images and the other M − n′ (the count bias floor): the mean
+    over one random split per seed."""
     n_a = min(n, len(feats) // 2)
-    perm = np.random.default_rng(seed).permutation(len(feats))
-    fd = float(fid_from_feats(feats[perm[:n_a]], feats[perm[n_a:]]))
-    return {"fd": fd, "n": int(n_a), "against": int(len(feats) - n_a), "how": "disjoint random split of the real images"}
+    fds = []
+    for seed in seeds:
+        perm = np.random.default_rng(seed).permutation(len(feats))
+        fds.append(float(fid_from_feats(feats[perm[:n_a]], feats[perm[n_a:]])))
+    return {"fd": float(np.mean(fds)), "fds": fds, "n": int(n_a), "against": int(len(feats) - n_a),
+            "how": "disjoint random split of the real images" + (f", mean of {len(fds)} splits" if len(fds) > 1 else "")}
 
 
 def image_batches(images, batch_size):
@@ -93,7 +97,7 @@ def reference_key(cfg, feature_set, identity):
     stats = cfg.eval.reference_stats  # by path and content: a file rewritten in place is another reference
     stats = stats and [stats, file_digest(stats) if Path(stats).is_file() else None]
     parts = {"features": feature_set.info, "data": identity, "stats": stats,
-             "n": cfg.eval.num_samples, "seed": cfg.eval.seed}
+             "n": cfg.eval.num_samples, "seeds": cfg.eval.seeds()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -120,7 +124,7 @@ def build_reference(cfg, feature_set, device="cpu"):
     else:
         mu, sigma = statistics(feats)
         info.update(source="computed from the local dataset")
-    reference = Reference(mu, sigma, info, real_vs_real(feats, cfg.eval.num_samples, cfg.eval.seed))
+    reference = Reference(mu, sigma, info, real_vs_real(feats, cfg.eval.num_samples, cfg.eval.seeds()))
     cache.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"info": info, "real_vs_real": reference.real_vs_real}, default=str)
     tmp = cache.with_name(f".{cache.stem}.tmp.npz")

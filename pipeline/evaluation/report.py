@@ -40,9 +40,24 @@ def measured_on(result):
     count = f"{ref['count']} images" if ref.get("count") else "a given statistics file"
     return [f"- Features: `{f['name']}` (digest {f['digest']}): {f['description']}",
             f"- Reference: {ref['dataset']} ({count}; {ref['source']})",
-            f"- Samples per setting: {result['num_samples']}; latents shared by all settings (seeded)",
+            f"- Samples per setting: {draws(result)}",
             f"- Real against real: FD {rr['fd']:.4g} ({rr['n']} against {rr['against']} real images, {rr['how']}); "
             "FD is biased by sample count and no model can be expected to score below this"]
+
+
+def draws(result):
+    """How the samples of each setting were drawn."""
+    repeats, seed = result.get("repeats", 1), result.get("seed")
+    if repeats == 1:
+        return f"{result['num_samples']}; latents shared by all settings (seed {seed})"
+    return (f"{result['num_samples']} in each of {repeats} latent draws (seeds {seed} to {seed + repeats - 1}), shared "
+            "by all settings; each FID is the mean over the draws, their range in brackets")
+
+
+def fid_text(result):
+    """A result's FID, with the range over its latent draws when there were several."""
+    fids = result.get("fids") or [result["fid"]]
+    return f"{result['fid']:.4g}" + (f" ({min(fids):.3g}–{max(fids):.3g})" if len(fids) > 1 else "")
 
 
 def fid_table(results):
@@ -53,22 +68,22 @@ def fid_table(results):
     lines = []
     if gamma:
         gammas = sorted({r["setting"]["gamma"] for r in gamma})
-        cell = {(r["setting"]["nfe"], r["setting"]["gamma"]): r["fid"] for r in gamma}
+        cell = {(r["setting"]["nfe"], r["setting"]["gamma"]): fid_text(r) for r in gamma}
         lines += ["| NFE | " + " | ".join(f"γ = {g:g}" for g in gammas) + " |",
                   "|---|" + "---|" * len(gammas)]
         for n in sorted({r["setting"]["nfe"] for r in gamma}):
-            lines.append(f"| {n} | " + " | ".join(f"{cell[(n, g)]:.4g}" if (n, g) in cell else "" for g in gammas) + " |")
+            lines.append(f"| {n} | " + " | ".join(cell.get((n, g), "") for g in gammas) + " |")
     if two_step:
         lines += ["", "| 2-step i1 | i2 | t_i1 | t_i2 | FID |", "|---|---|---|---|---|"]
         for r in sorted(two_step, key=lambda r: (r["setting"]["i1"], r["setting"]["i2"])):
             s = r["setting"]
-            lines.append(f"| {s['i1']} | {s['i2']} | {s['s_steps'][0]:.4g} | {s['t_steps'][1]:.4g} | {r['fid']:.4g} |")
+            lines.append(f"| {s['i1']} | {s['i2']} | {s['s_steps'][0]:.4g} | {s['t_steps'][1]:.4g} | {fid_text(r)} |")
     if searched:
         lines += ["", "| searched schedule NFE | γ | intermediate times | FID |", "|---|---|---|---|"]
         for r in sorted(searched, key=lambda r: (r["setting"]["nfe"], r["fid"])):
             s = r["setting"]
             lines.append(f"| {s['nfe']} | {s['gamma']:.4g} | {', '.join(f'{t:.4g}' for t in s['sigmas']) or '-'} | "
-                         f"{r['fid']:.4g} |")
+                         f"{fid_text(r)} |")
     return lines
 
 
@@ -142,7 +157,7 @@ def write_report(evaluation, out, config=None):
     if teacher is not None:
         save_grids([teacher], out, "")
         lines += ["## Teacher", "", f"{teacher['setting']['label']} ({teacher['setting']['nfe']} NFE): "
-                  f"FID {teacher['fid']:.4g} ({teacher['model']['model']})", ""]
+                  f"FID {fid_text(teacher)} ({teacher['model']['model']})", ""]
     for nll in evaluation.get("likelihood") or []:
         lines += [f"NLL of {model_label(nll['model'])}: {nll['nll_bpd']:.4g} ± {nll['stderr']:.2g} bits/dim on "
                   f"{nll['data']['images']} images of {nll['data']['source']}; {nll['estimator']}", ""]

@@ -40,7 +40,7 @@ class ResultKeys:
         self.cfg = cfg
         reference = {"data": dataset_identity(cfg.data)["digest"],
                      "stats": file_digest(e.reference_stats) if e.reference_stats else None}
-        self.alike = {"num_samples": e.num_samples, "batch_size": e.batch_size, "seed": e.seed,
+        self.alike = {"num_samples": e.num_samples, "batch_size": e.batch_size, "seeds": e.seeds(),
                       "grid": {k: getattr(cfg.grid, k) for k in GRID_KEYS}, "features": features_identity(cfg),
                       "reference": reference}
         self._digests = {}

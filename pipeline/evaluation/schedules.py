@@ -15,7 +15,7 @@ from pipeline.storage import atomic_file
 
 from .settings import Setting
 
-COMPARABLE = ("ema_rate", "features", "num_samples", "seed")  # FIDs measured alike compare; others do not
+COMPARABLE = ("ema_rate", "features", "num_samples", "seed", "repeats")  # FIDs measured alike compare; others do not
 
 
 def schedule_entry(result, search=None):
@@ -23,7 +23,7 @@ def schedule_entry(result, search=None):
     s = result["setting"]
     return {"nfe": s["nfe"], "gamma": s["gamma"], "sigmas": list(s["sigmas"]), "fid": result["fid"],
             "ema_rate": result["model"]["ema_rate"], "features": result["features"],
-            "num_samples": result["num_samples"], "seed": result.get("seed"), "t_steps": list(s["t_steps"]),
+            "num_samples": result["num_samples"], "seed": result.get("seed"), "repeats": result.get("repeats", 1), "t_steps": list(s["t_steps"]),
             "s_steps": list(s["s_steps"]), "search": search or {}}
 
 
