@@ -106,6 +106,12 @@ def train_controllers():
     return sum("TrainController" in a["ActorClassName"] for a in ray._private.state.actors().values())
 
 
+def held_placement_groups():
+    """Bundles of the placement groups that still hold resources on this cluster."""
+    from ray.util import placement_group_table
+    return [pg["bundles"] for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+
+
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
     """The shared sweep: run until the injected failure (the second trial's rank 0 dies at step 0) interrupts it,
@@ -121,6 +127,7 @@ def sweep(ray_cluster, tmp_path_factory):
                      "before": finished_trial_files(exp, first["trials"][0]["trial_id"])}
             state["second"] = run_sweep(cfg, restore=True, pool=pool, log=quiet)
             state["train_starts"] = train_controllers() - controllers
+            state["held"] = held_placement_groups()
     finally:
         pool.shutdown()
     return state
@@ -158,6 +165,12 @@ def test_each_trial_starts_ray_train_once_and_reports_every_milestone(sweep):
     assert [(r["step"], r["training_iteration"]) for r in reports] == [(1, 1), (2, 2)]
     assert all(math.isfinite(r["fid"]) and r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in reports)
     assert [r["checkpoint_path"].rsplit("/", 1)[1] for r in reports] == ["checkpoint_0000001", "checkpoint_0000002"]
+
+
+def test_ended_trials_leave_no_placement_group_behind(sweep):
+    """Every trial's Train run ends before its trial (this cluster has no dashboard, so Train's placement-group cleaner
+    could not free the workers' CPUs of a controller that died with its trial: a fourth trial then waited forever)."""
+    assert sweep["held"] == []
 
 
 def test_the_sweep_reports_fid_per_trial_and_saves_the_best(sweep):

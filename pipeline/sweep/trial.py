@@ -144,6 +144,14 @@ def passed_milestones(cfg, steps):
             if checkpoint_dir_step(name) in steps]
 
 
+def ended(trainer, timeout=120):
+    """Wait for the trial's Ray Train run to end before the trial does: Tune ends a trial's actor at once after its
+    last report, and a Train controller that dies with it leaves its workers' placement group (their CPUs) held for the
+    rest of the sweep, so later trials wait for CPUs forever. Hence the last milestone is reported after the run ends,
+    and a trial stopped by ASHA waits for its run to stop."""
+    trainer.join(timeout)
+
+
 def run_trial(params, base, pool, train_root, teacher=None):
     """The trainable: params are the drawn {dotted key: value}; base the sweep's Config.to_dict(); teacher the
     digits mixture the driver fitted (None when teacher.path names one)."""
@@ -168,14 +176,22 @@ def run_trial(params, base, pool, train_root, teacher=None):
 
     trainer = threading.Thread(target=train, daemon=True)
     trainer.start()
+    last = None
     try:
         while (item := checkpoints.get()) is not None:
             metrics, checkpoint = item
-            report_milestone(cfg, pool, metrics["step"], checkpoint, metrics.get("train_seconds"))
+            if metrics["step"] == cfg.train.steps:  # reported once the run has ended (below)
+                last = item
+            else:
+                report_milestone(cfg, pool, metrics["step"], checkpoint, metrics.get("train_seconds"))
             scored.put(True)
     except BaseException:  # Tune's report exits this thread when ASHA stops the trial
         scored.put(False)
+        ended(trainer)
         raise
-    trainer.join()
+    ended(trainer)
     if "error" in outcome:
         raise outcome["error"]
+    if last is not None:
+        metrics, checkpoint = last
+        report_milestone(cfg, pool, metrics["step"], checkpoint, metrics.get("train_seconds"))
