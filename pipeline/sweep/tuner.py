@@ -83,7 +83,7 @@ def new_tuner(cfg, trainable, storage_path, filesystem, callbacks):
         tune_config=tune.TuneConfig(metric="fid", mode="min", scheduler=asha,
                                     search_alg=BasicVariantGenerator(max_concurrent=s.max_concurrent_trials,
                                                                      random_state=s.seed),
-                                    num_samples=s.num_samples, trial_dirname_creator=trial_dirname),
+                                    num_samples=s.num_samples, trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(name=s.name, storage_path=storage_path, storage_filesystem=filesystem,
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                   callbacks=list(callbacks)),
