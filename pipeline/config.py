@@ -140,7 +140,7 @@ class EvalConfig:
     teacher_fid: bool = False         # also score the teacher's own Heun samples on the full N-point grid
     batch_size: int = 250             # sampling and feature batch
     seed: int = 0                     # latents are shared by every setting of one evaluation
-    repeats: int = 1                  # latent draws per setting (seeds eval.seed, eval.seed + 1, ...): FID is their mean
+    repeats: int = 1                  # latent draws per setting (seeds eval.seed, eval.seed + 1, ...); FID: their mean
     cpus_per_actor: float = 1.0
     reference_cache: str | None = None  # where reference statistics are cached (None = <eval.out>/references)
     likelihood_samples: int = 64      # images scored for NLL (bits/dim, Hutchinson)

@@ -68,8 +68,8 @@ def real_vs_real(feats, n, seeds=(0,)):
     for seed in seeds:
         perm = np.random.default_rng(seed).permutation(len(feats))
         fds.append(float(fid_from_feats(feats[perm[:n_a]], feats[perm[n_a:]])))
-    return {"fd": float(np.mean(fds)), "fds": fds, "n": int(n_a), "against": int(len(feats) - n_a),
-            "how": "disjoint random split of the real images" + (f", mean of {len(fds)} splits" if len(fds) > 1 else "")}
+    how = "disjoint random split of the real images" + (f", mean of {len(fds)} splits" if len(fds) > 1 else "")
+    return {"fd": float(np.mean(fds)), "fds": fds, "n": int(n_a), "against": int(len(feats) - n_a), "how": how}
 
 
 def image_batches(images, batch_size):

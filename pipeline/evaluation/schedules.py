@@ -23,8 +23,8 @@ def schedule_entry(result, search=None):
     s = result["setting"]
     return {"nfe": s["nfe"], "gamma": s["gamma"], "sigmas": list(s["sigmas"]), "fid": result["fid"],
             "ema_rate": result["model"]["ema_rate"], "features": result["features"],
-            "num_samples": result["num_samples"], "seed": result.get("seed"), "repeats": result.get("repeats", 1), "t_steps": list(s["t_steps"]),
-            "s_steps": list(s["s_steps"]), "search": search or {}}
+            "num_samples": result["num_samples"], "seed": result.get("seed"), "repeats": result.get("repeats", 1),
+            "t_steps": list(s["t_steps"]), "s_steps": list(s["s_steps"]), "search": search or {}}
 
 
 def write_schedule(checkpoint, entry):
