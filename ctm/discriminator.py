@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -127,6 +126,7 @@ class TorchvisionFeatureNetwork(PretrainedFeatureNetwork):
     """torchvision's efficientnet_b0 or vit_b_16 from a local weights file; four stages at 224x224 input."""
 
     def __init__(self, arch, weights_path):
+        import torchvision  # here, not at the top: importing it takes seconds in every Train worker that never uses it
         if arch not in TORCHVISION_WEIGHT_FILES:
             raise ValueError(f"unknown torchvision feature network '{arch}': use {list(TORCHVISION_WEIGHT_FILES)}")
         model = load_local_weights(arch, weights_path, lambda: getattr(torchvision.models, arch)(weights=None),

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's VGG16 ImageNet state dict
@@ -46,6 +45,7 @@ class LPIPS(nn.Module):
     """
 
     def __init__(self, vgg_path, lin_path, resize=224, replace_pooling=True):
+        import torchvision  # here, not at the top: importing it takes seconds in every Train worker that never uses it
         super().__init__()
         vgg_state = _weights_file(vgg_path, VGG16_FILE, "the torchvision VGG16 ImageNet weights", "vgg_path")
         lin_state = _weights_file(lin_path, LPIPS_LIN_FILE, "the LPIPS v0.1 linear-layer weights", "lin_path")
