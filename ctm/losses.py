@@ -10,16 +10,18 @@ class CTMLoss:
 
     The inner call keeps its graph; the EMA target θ⁻ maps both to σ_min with gradient flowing through its input
     only; the target's inner jump uses the online weights under no_grad (`ctm_target_inner_type='model_sg'`).
+    Returns (d, x_est, x_jump) with x_jump = G_θ(x_t, t, s), where every gradient of the loss enters θ.
     """
 
     def __init__(self, distance, sigma_min=SIGMA_MIN):
         self.distance, self.sigma_min = distance, sigma_min
 
     def __call__(self, G, G_target, x_t, t, x_u, u, s, class_labels=None):
-        x_est = G_target(G(x_t, t, s, class_labels), s, self.sigma_min, class_labels)
+        x_jump = G(x_t, t, s, class_labels)
+        x_est = G_target(x_jump, s, self.sigma_min, class_labels)
         with torch.no_grad():
             x_tgt = G_target(G(x_u, u, s, class_labels), s, self.sigma_min, class_labels)
-        return self.distance(x_est, x_tgt), x_est
+        return self.distance(x_est, x_tgt), x_est, x_jump
 
 
 class DSMLoss:

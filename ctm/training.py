@@ -23,20 +23,36 @@ def generator_objective(G, G_target, ctm_loss, dsm_loss, x_t, t, x_u, u, s, x0, 
                         last_layer, D=None, weight_dsm=None, weight_gan=None, class_labels=None):
     """L = L_CTM + λ_DSM·L_DSM (+ λ_GAN·L_G when a discriminator is given). λ's adaptive unless fixed values are given.
 
-    Returns (L, x_est, stats) with stats of plain floats.
+    L_CTM and L_G reach θ only through the inner jump x_jump = G_θ(x_t, t, s) (θ⁻ and D are not trained here), so
+    their gradients at x_jump are taken once each, through θ⁻, and L is returned as a stand-in with the same gradient:
+    ⟨x_jump, ∂(L_CTM + λ_GAN·L_G)/∂x_jump⟩ + λ_DSM·L_DSM. Neither the λ's nor the update back-propagate through θ⁻
+    again. Returns (L, x_est, stats) with stats of plain floats.
     """
-    L_ctm, x_est = ctm_loss(G, G_target, x_t, t, x_u, u, s, class_labels)
+    L_ctm, x_est, x_jump = ctm_loss(G, G_target, x_t, t, x_u, u, s, class_labels)
     L_ctm = L_ctm.mean()
     L_dsm = dsm_loss(G.g, x0, sigma_dsm, noise_dsm, class_labels).mean()
-    lam_dsm = lambda_dsm(L_ctm, L_dsm, last_layer) if weight_dsm is None else torch.as_tensor(weight_dsm)
-    loss = L_ctm + lam_dsm * L_dsm
+    grad_ctm = at_jump(L_ctm, x_jump)
+    ctm_term = through(x_jump, grad_ctm)  # ∇_θ equals ∇_θ L_CTM
+    lam_dsm = lambda_dsm(ctm_term, L_dsm, last_layer) if weight_dsm is None else torch.as_tensor(weight_dsm)
     stats = {"loss_ctm": L_ctm.item(), "loss_dsm": L_dsm.item(), "lambda_dsm": float(lam_dsm)}
     if D is not None:
         L_g = g_gan_loss(D(x_est))
-        lam_gan = lambda_gan(L_ctm, L_g, last_layer) if weight_gan is None else torch.as_tensor(weight_gan)
-        loss = loss + lam_gan * L_g
+        grad_gan = at_jump(L_g, x_jump)
+        lam_gan = lambda_gan(ctm_term, through(x_jump, grad_gan), last_layer) if weight_gan is None \
+            else torch.as_tensor(weight_gan)
+        ctm_term = through(x_jump, grad_ctm + lam_gan * grad_gan)
         stats.update(loss_g=L_g.item(), lambda_gan=float(lam_gan))
-    return loss, x_est, stats
+    return ctm_term + lam_dsm * L_dsm, x_est, stats
+
+
+def at_jump(loss, x_jump):
+    """∂loss/∂x_jump, the graph kept (the next term back-propagates through the same θ⁻ call)."""
+    return torch.autograd.grad(loss, x_jump, retain_graph=True)[0]
+
+
+def through(x_jump, grad):
+    """⟨x_jump, grad⟩: a scalar whose gradient in θ is the one `grad` carries back from x_jump."""
+    return (x_jump * grad).sum()
 
 
 def discriminator_objective(D, x0, x_est):

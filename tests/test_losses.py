@@ -30,7 +30,7 @@ def test_ctm_loss_gradients_flow_only_where_they_must():
     G_target = copy.deepcopy(G).requires_grad_(False)
     x_t, x_u = torch.randn(8, 4) * 3, (torch.randn(8, 4) * 2).requires_grad_(True)
     t, u, s = torch.full((8,), 3.0), torch.full((8,), 2.0), torch.full((8,), 0.5)
-    loss, x_est = CTMLoss(l2)(G, G_target, x_t, t, x_u, u, s)
+    loss, x_est, _ = CTMLoss(l2)(G, G_target, x_t, t, x_u, u, s)
     assert loss.shape == (8,) and (loss > 0).all() and x_est.requires_grad
     loss.mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
@@ -45,7 +45,7 @@ def test_ctm_loss_gradient_passes_through_the_target_input():
     with torch.no_grad():
         G_target.net[2].weight.mul_(3.0)  # make the outer map differ from the inner one
     x_t, x_u = torch.randn(1, 4), torch.randn(1, 4)
-    loss, _ = CTMLoss(l2)(G, G_target, x_t, 2.0, x_u, 1.0, 0.5)
+    loss, _, _ = CTMLoss(l2)(G, G_target, x_t, 2.0, x_u, 1.0, 0.5)
     grads = torch.autograd.grad(loss.sum(), list(G.parameters()))
     inner = G(x_t, 2.0, 0.5)
     with torch.no_grad():
@@ -70,9 +70,9 @@ def test_ctm_loss_vanishes_for_the_exact_flow_map(gmm2d):
     x_t = torch.randn(5, 2, dtype=torch.float64) * 10
     t, u, s = 10.0, 3.0, 0.4
     x_u = gmm2d.flow_map(x_t, t, u)
-    loss, _ = CTMLoss(l2)(G, copy.deepcopy(G), x_t, t, x_u, u, s)
+    loss, _, _ = CTMLoss(l2)(G, copy.deepcopy(G), x_t, t, x_u, u, s)
     assert loss.max() < 1e-12
-    loss_wrong, _ = CTMLoss(l2)(G, copy.deepcopy(G), x_t, t, x_u * 1.1, u, s)
+    loss_wrong, _, _ = CTMLoss(l2)(G, copy.deepcopy(G), x_t, t, x_u * 1.1, u, s)
     assert loss_wrong.min() > 1e-6
 
 

@@ -187,11 +187,13 @@ class CTMStep:
         labels = mb["label"].to(self.device) if self.use_labels else None
         x_u = mb["x_u"].to(self.device) if "x_u" in mb else self.teacher_segment(x_t, n, k, labels)
         gan = self.gan_start is not None and state.step >= self.gan_start
-        with torch.autocast(self.device.type, enabled=False):  # only G and θ⁻ under autocast (StudentView)
+        # only G and θ⁻ under autocast (StudentView); D's own module, not its DDP wrapper: a G step takes no gradient
+        # of D, and DDP would wait for one
+        with torch.autocast(self.device.type, enabled=False):
             loss, _, stats = generator_objective(
                 StudentView(state.G, self.autocast), StudentView(state.G_target, self.autocast), self.ctm_loss,
                 self.dsm_loss, x_t, t, x_u, u, s, x0, sigma, noise, unwrap(state.G).last_layer_weight(),
-                D=state.D if gan else None, weight_dsm=self.lambda_dsm, weight_gan=self.lambda_gan,
+                D=unwrap(state.D) if gan else None, weight_dsm=self.lambda_dsm, weight_gan=self.lambda_gan,
                 class_labels=labels)
         return loss, stats
 
