@@ -1,5 +1,8 @@
-"""The training loop's pieces that run outside a Train session: sample grids, the checkpoint's data position, and the
-guard that stops a run at its first non-finite step."""
+"""The training loop's pieces that run outside a Train session: sample grids, the checkpoint's data position, the
+guard that stops a run at its first non-finite step, and what a Train worker imports."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,3 +82,12 @@ def test_a_non_finite_step_stops_before_its_update():
     with pytest.raises(NonFiniteError, match="checkpoint_0000000"):
         StopOnNonRetryable().after_exception(None, {0: wrapped})
     StopOnNonRetryable().after_exception(None, {0: UserExceptionWithTraceback(OSError("lost"), "")})  # retried
+
+
+def test_a_train_worker_does_not_import_torchvision():
+    """Importing the loop, the teachers and the step leaves torchvision (and torch._dynamo, which it pulls in) out: seconds
+    of imports in every Train worker that builds no torchvision network (docs/benchmarks.md, sweep overhead)."""
+    code = ("import sys, pipeline.train.loop, pipeline.teachers, pipeline.train.step; "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
