@@ -85,8 +85,8 @@ def test_a_non_finite_step_stops_before_its_update():
 
 
 def test_a_train_worker_does_not_import_torchvision():
-    """Importing the loop, the teachers and the step leaves torchvision (and torch._dynamo, which it pulls in) out: seconds
-    of imports in every Train worker that builds no torchvision network (docs/benchmarks.md, sweep overhead)."""
+    """Importing the loop, the teachers and the step leaves torchvision (and torch._dynamo, which it pulls in) out:
+    seconds of imports in every Train worker that builds no torchvision network (docs/benchmarks.md, sweep overhead)."""
     code = ("import sys, pipeline.train.loop, pipeline.teachers, pipeline.train.step; "
             "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
