@@ -8,6 +8,7 @@ from ctm.losses import CTMLoss, DSMLoss, g_gan_loss
 from ctm.schedule import karras_grid
 from ctm.solver import heun_trajectory
 from ctm.training import ema_update, generator_objective, heun_segment
+from test_losses import ToyG
 
 
 def test_heun_segment_matches_full_trajectories_per_sample(gmm2d):
@@ -31,22 +32,6 @@ def test_ema_update_closed_form():
     ema_update(target, source, 0.9)
     for p_t, p0, p in zip(target.parameters(), before, source.parameters()):
         torch.testing.assert_close(p_t, 0.9 * p0 + 0.1 * p)
-
-
-class ToyG(torch.nn.Module):
-    """G(x, t, s) = (s/t)·x + (1 − s/t)·g, a tiny g that sees t and s, its last layer W_L."""
-
-    def __init__(self, D=4):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(D + 2, 16), torch.nn.SiLU(), torch.nn.Linear(16, D))
-
-    def g(self, x, t, s, class_labels=None):
-        ts = [torch.as_tensor(v, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1).log() for v in (t, s)]
-        return self.net(torch.cat([x, *ts], 1))
-
-    def forward(self, x, t, s, class_labels=None):
-        r = torch.as_tensor(s, dtype=x.dtype).reshape(-1, 1) / torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1)
-        return r * x + (1 - r) * self.g(x, t, s)
 
 
 @pytest.mark.parametrize("gan", [False, True])
