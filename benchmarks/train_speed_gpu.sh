@@ -6,11 +6,12 @@
 #   bash benchmarks/train_speed_gpu.sh                        # GPU
 #   DEVICE=cpu NET=tiny-edm BATCHES=4 STEPS=2 FAST= bash benchmarks/train_speed_gpu.sh   # CPU smoke test
 set -euo pipefail
-if [ -f .devpack/site.tar.xz ]; then
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" != cpu ] && [ -z "${DEVPACK_UNPACKED:-}" ] && [ -f .devpack/site.tar.xz ]; then  # Python 3.12's
   mkdir -p /tmp/site && tar -xJf .devpack/site.tar.xz -C /tmp/site
   export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 fi
-DEVICE=${DEVICE:-cuda} NET=${NET:-cifar10} BATCHES=${BATCHES:-"64 128"} STEPS=${STEPS:-20} FAST=${FAST---fast}
+NET=${NET:-cifar10} BATCHES=${BATCHES:-"64 128"} STEPS=${STEPS:-20} FAST=${FAST---fast}
 PYTHON=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 for batch in $BATCHES; do

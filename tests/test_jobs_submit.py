@@ -27,16 +27,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def head_node(tmp_path, monkeypatch):
-    """`ray start --head --block` in its own process group, stopped by signalling that group only (a global
-    `ray stop` would also stop the test session's own cluster)."""
-    import ray as ray_module
-    ray_module.shutdown()  # the session's shared cluster, if a test started it: one cluster on the machine at a time
-    for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT"):  # they named that cluster (jobs.common.start_local_ray)
-        monkeypatch.delenv(key, raising=False)
+def start_head(env, log):
+    """(Popen of `ray start --head --block` in its own process group, its dashboard address), or an AssertionError
+    with the head's own output if it exits before its dashboard and job agent listen."""
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     dashboard, agent = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths live below it (107-byte limit)
     # Every port chosen here: the defaults of the agent's HTTP server (52365) and the client server (10001) are
@@ -45,27 +39,52 @@ def head_node(tmp_path, monkeypatch):
     start = [ray, "start", "--head", "--block", "--num-cpus=8", "--num-gpus=0", f"--port={free_port()}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
              f"--ray-client-server-port={free_port()}", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    head = subprocess.Popen(start, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 120
-        while not (listening(dashboard) and listening(agent)):  # the job head forwards every submission to the agent
-            assert head.poll() is None and time.time() < deadline, "the head node did not start"
-            time.sleep(1)
-        yield address
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
+    with open(log, "ab") as out:
+        head = subprocess.Popen(start, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    head.temp_dir = temp_dir
+    deadline = time.time() + 120
+    while not (listening(dashboard) and listening(agent)):  # the job head forwards every submission to the agent
+        if head.poll() is not None or time.time() > deadline:
+            stop_head(head)
+            raise AssertionError(f"the head node did not start (exit {head.returncode}):\n"
+                                 + Path(log).read_text()[-3000:])
+        time.sleep(1)
+    return head, f"http://127.0.0.1:{dashboard}"
+
+
+def stop_head(head):
+    """Signal the head's process group only: nothing of it outlives the test."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
         try:
-            head.wait(timeout=10)
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:  # the whole group has already exited
+            pass
+        try:
+            head.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)  # whatever of the group is still stopping: nothing outlives the test
-        except ProcessLookupError:
-            pass
-        head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def head_node(tmp_path, monkeypatch):
+    """`ray start --head --block`, stopped by signalling its process group only (a global `ray stop` would also stop
+    the test session's own cluster). A port picked free can be taken before the head binds it (the head then exits
+    at once): one more try with fresh ports."""
+    import ray as ray_module
+    ray_module.shutdown()  # the session's shared cluster, if a test started it: one cluster on the machine at a time
+    for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT"):  # they named that cluster (jobs.common.start_local_ray)
+        monkeypatch.delenv(key, raising=False)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        head, address = start_head(env, tmp_path / "head.log")
+    except AssertionError as first:
+        print(first)
+        head, address = start_head(env, tmp_path / "head.log")
+    try:
+        yield address
+    finally:
+        stop_head(head)
 
 
 def submit_and_wait(client, entrypoint, timeout=600):
