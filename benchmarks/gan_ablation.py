@@ -130,13 +130,15 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (train.seed)")
     p.add_argument("--steps", type=int, default=1600, help="train.steps of both branches")
     p.add_argument("--gan-start", type=int, default=1200, help="where the branches part (train.gan_start)")
-    p.add_argument("--draws", type=int, default=5, help="draws of latents per score (eval.num_samples each)")
+    p.add_argument("--draws", type=int, default=5, help="draws of latents per score, one latent per real digit each (at least 2)")
     p.add_argument("--set", nargs="*", default=[], help="more config overrides for both branches, KEY=VALUE")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="write the FIDs per draw here (JSON)")
     args = p.parse_args(argv)
     if not 0 < args.gan_start < args.steps:
         p.error(f"--gan-start must lie inside the run (0 < {args.gan_start} < --steps {args.steps})")
+    if args.draws < 2:
+        p.error(f"--draws must be at least 2 (the paired difference's standard error), got {args.draws}")
     torch.set_num_threads(args.threads)
     score = scorer(load_config(EMBEDDED_DEFAULT), args.draws)
     print(f"GAN from step {args.gan_start} of {args.steps} against CTM + DSM alone; FID on "
