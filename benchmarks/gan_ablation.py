@@ -1,6 +1,6 @@
 """Does the GAN stage lower FID at NFE 1? A paired ablation at equal steps on the embedded digits default.
 
-    python -m benchmarks.gan_ablation --set train.diffaug=translation train.lr_d=1e-2   # seeds 0 and 1, 35 minutes
+    python -m benchmarks.gan_ablation --set train.diffaug=translation train.lr_d=1e-2   # seeds 0 and 1, 25 minutes
     python -m benchmarks.gan_ablation --seeds 0 --steps 800 --gan-start 400               # digits.yaml's D as it is
 
 Per training seed, one run of the shipped `CTMStep` in this process (online teacher, the teacher start, the cosine
@@ -8,7 +8,7 @@ learning rate over --steps) trains CTM + DSM up to --gan-start. There the whole 
 on to --steps on the same batches: the control with CTM + DSM alone, and the GAN branch with a fresh discriminator
 from --gan-start (odd steps update D, even steps G, as the official loop; so it takes half as many G steps). That is
 the official two-stage recipe at equal steps: a CTM + DSM stage, then a GAN stage with a fresh D (digits.yaml's
-`pixels` D unless --set changes it). A seed other than 0 regresses its own teacher start first (about 12 minutes).
+`pixels` D unless --set changes it). A seed other than 0 regresses its own teacher start first (about 4 minutes).
 
 Each branch's EMAs and online weights are scored with the evaluation's own digits features (the shipped MLP, not the
 discriminator's) at NFE 1 and 2 (γ = 0) on the same --draws draws of latents, against the real digits. Printed: the

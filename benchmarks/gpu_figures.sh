@@ -19,7 +19,7 @@ if [ -n "${SMOKE:-}" ]; then
   cache=(--net tiny --records 64 --shard 16 --batch 16 --actors-per-gpu 1) limit=(300 300 300)
 else
   heun=(--device cuda --net cifar10 --batch 64 256 --fast) train=(BATCHES=64 STEPS=20)
-  cache=(--records 4096 --shard 512 --batch 256) limit=(180 180 200)
+  cache=(--records 4096 --shard 512 --batch 256) limit=(160 180 240)
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
 $PYTHON -c 'import torch; print("torch", torch.__version__)' | tee -a "$OUT/device.txt"
