@@ -28,7 +28,7 @@ from ctm.sampling import gamma_sample
 from pipeline.config import EMBEDDED_DEFAULT, load_config
 from pipeline.datasets import open_dataset
 from pipeline.evaluation.features import digits_features
-from pipeline.evaluation.fid import Reference, cleanfid_features, fid, image_batches, statistics
+from pipeline.evaluation.fid import build_reference, cleanfid_features, fid, image_batches
 from pipeline.teachers import build_teacher
 from pipeline.train.data import OnlineBatches
 from pipeline.train.state import build_state, student_kwargs, unwrap
@@ -38,26 +38,23 @@ from pipeline.train.teacher_start import load_teacher_start, teacher_start
 NFES = (1, 2)
 
 
-def scorer(cfg, draws, batch_size=512):
-    """weights G -> {"nfe1": [FID per draw], ...}, the evaluation's digits features against the real digits."""
-    features = digits_features()
-    src = open_dataset(cfg.data)
-    real = torch.as_tensor(np.asarray(src[np.arange(len(src))]))
-
-    def features_of(images):
-        return cleanfid_features(image_batches(images, batch_size), len(images), features, batch_size)
-
-    reference = Reference(*statistics(features_of(real)))
+def scorer(cfg, draws):
+    """weights G -> {"nfe1": [FID per draw], ...}: the evaluation's own features and reference statistics, on
+    eval.num_samples latents per draw."""
+    features, n, batch = digits_features(), cfg.eval.num_samples, cfg.eval.batch_size
+    reference = build_reference(cfg, features)
+    shape = open_dataset(cfg.data)[np.arange(1)].shape[1:]
     grid = cfg.grid.grid()
 
     def score(G):
         out = {f"nfe{nfe}": [] for nfe in NFES}
         for draw in range(draws):
-            latents = torch.randn(len(real), *real.shape[1:], generator=torch.Generator().manual_seed(1000 + draw))
+            latents = torch.randn(n, *shape, generator=torch.Generator().manual_seed(1000 + draw))
             with torch.no_grad():
                 for nfe in NFES:
                     x = gamma_sample(G, latents, nfe, 0.0, grid=grid).clamp(-1, 1)
-                    out[f"nfe{nfe}"].append(fid(features_of(x), reference))
+                    out[f"nfe{nfe}"].append(fid(cleanfid_features(image_batches(x, batch), n, features, batch),
+                                                reference))
         return out
     return score
 
@@ -130,7 +127,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (train.seed)")
     p.add_argument("--steps", type=int, default=1600, help="train.steps of both branches")
     p.add_argument("--gan-start", type=int, default=1200, help="where the branches part (train.gan_start)")
-    p.add_argument("--draws", type=int, default=5, help="draws of latents per score, one latent per real digit each (at least 2)")
+    p.add_argument("--draws", type=int, default=5, help="draws of eval.num_samples latents per score (at least 2)")
     p.add_argument("--set", nargs="*", default=[], help="more config overrides for both branches, KEY=VALUE")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="write the FIDs per draw here (JSON)")
