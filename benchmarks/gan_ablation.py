@@ -1,19 +1,21 @@
 """Does the GAN stage lower FID at NFE 1? A paired ablation at equal steps on the embedded digits default.
 
-    python -m benchmarks.gan_ablation --set train.diffaug=translation train.lr_d=1e-2   # seeds 0 and 1, 25 minutes
+    python -m benchmarks.gan_ablation --seeds 0 1 2 3 --warmups 0 100 --set train.diffaug=translation train.lr_d=1e-2
     python -m benchmarks.gan_ablation --seeds 0 --steps 800 --gan-start 400               # digits.yaml's D as it is
 
 Per training seed, one run of the shipped `CTMStep` in this process (online teacher, the teacher start, the cosine
-learning rate over --steps) trains CTM + DSM up to --gan-start. There the whole state is copied, and two branches run
-on to --steps on the same batches: the control with CTM + DSM alone, and the GAN branch with a fresh discriminator
-from --gan-start (odd steps update D, even steps G, as the official loop; so it takes half as many G steps). That is
-the official two-stage recipe at equal steps: a CTM + DSM stage, then a GAN stage with a fresh D (digits.yaml's
-`pixels` D unless --set changes it). A seed other than 0 regresses its own teacher start first (about 4 minutes).
+learning rate over --steps) trains CTM + DSM up to --gan-start. There the whole state is copied, and the branches run
+on to --steps on the same batches: the control with CTM + DSM alone, and one GAN branch per --warmups W with a fresh
+discriminator from --gan-start (odd steps update D, even steps G, as the official loop; so it takes half as many G
+steps), G's loss taking the GAN term from step --gan-start + W (train.gan_warmup; the official W is 0). That is the
+official two-stage recipe at equal steps: a CTM + DSM stage, then a GAN stage with a fresh D (digits.yaml's `pixels`
+D unless --set changes it). A seed other than 0 regresses its own teacher start first (about 4 minutes); a seed then
+takes about 6 minutes for its CTM + DSM stage and 2 for each branch.
 
 Each branch's EMAs and online weights are scored with the evaluation's own digits features (the shipped MLP, not the
 discriminator's) at NFE 1 and 2 (γ = 0) on the same --draws draws of latents, against the real digits. Printed: the
 mean FID of each, and the paired difference GAN − control with its standard error over the draws (it measures the
-evaluation's noise; only the seeds show the training's). Writes --out (JSON) when given.
+evaluation's noise; only the seeds show the training's), then the mean difference over the seeds. Writes --out (JSON).
 """
 
 import argparse
@@ -79,8 +81,13 @@ def ablation_config(seed, steps, gan_start, overrides=()):
                                           f"train.gan_start={gan_start}", f"train.seed={seed}", *overrides])
 
 
-def run_branches(cfg, log_every=200):
-    """{"control": state, "GAN": state} at cfg.train.steps, parted at cfg.train.gan_start from one CTM + DSM run."""
+def branch_name(warmup):
+    return "GAN" if warmup == 0 else f"GAN, warm-up {warmup}"
+
+
+def run_branches(cfg, warmups=(0,), log_every=200):
+    """{"control": state, "GAN": state, "GAN, warm-up W": state, ...} at cfg.train.steps, parted at cfg.train.gan_start
+    from one CTM + DSM run: one GAN branch per train.gan_warmup in `warmups`."""
     teacher, grid, t = build_teacher(cfg), cfg.grid.grid(), cfg.train
     kwargs = student_kwargs(cfg, teacher)
     state = build_state(cfg, kwargs, teacher, "cpu", load_teacher_start(teacher_start(cfg, teacher, kwargs, print)))
@@ -89,37 +96,42 @@ def run_branches(cfg, log_every=200):
     step = CTMStep(cfg, grid, teacher, torch.device("cpu"))
     train(step, state, batches, t.gan_start, f"seed {t.seed}, CTM + DSM", log_every)
     branches = {}
-    for name, gan_start in (("control", None), ("GAN", t.gan_start)):
-        branches[name] = copy.deepcopy(state)  # D is fresh in both: no D step runs before gan_start
-        step.gan_start = gan_start
+    for name, gan_start, warmup in (("control", None, 0), *((branch_name(w), t.gan_start, w) for w in warmups)):
+        branches[name] = copy.deepcopy(state)  # D is fresh in all: no D step runs before gan_start
+        step.gan_start, step.gan_warmup = gan_start, warmup
         train(step, branches[name], batches, t.steps, f"seed {t.seed}, {name}", log_every)
     return branches
 
 
 def run_seed(seed, args, score):
-    branches = run_branches(ablation_config(seed, args.steps, args.gan_start, args.set))
+    branches = run_branches(ablation_config(seed, args.steps, args.gan_start, args.set), args.warmups)
     return {name: {weights: score(G.eval()) for weights, G in weights_of(state).items()}
             for name, state in branches.items()}
 
 
 def report(results):
-    """Per seed: control -> GAN and the paired difference ± its standard error over draws; then the spread over seeds."""
+    """Per seed: control -> each GAN branch and the paired difference ± its standard error over draws; then the mean
+    difference over seeds ± its standard error."""
     over_seeds = {}
     for seed, branches in results.items():
         print(f"seed {seed}")
-        for weights, gan in branches["GAN"].items():
-            control = branches["control"][weights]
-            cells = []
-            for key in gan:
-                d = np.subtract(gan[key], control[key])
-                over_seeds.setdefault((weights, key), []).append(d.mean())
-                cells.append(f"{key} {np.mean(control[key]):.3f} -> {np.mean(gan[key]):.3f} "
-                             f"({d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f})")
-            print(f"  {weights:10}  " + "   ".join(cells))
+        control = branches["control"]
+        for name, gan_branch in branches.items():
+            if name == "control":
+                continue
+            for weights, gan in gan_branch.items():
+                cells = []
+                for key in gan:
+                    d = np.subtract(gan[key], control[weights][key])
+                    over_seeds.setdefault((name, weights, key), []).append(d.mean())
+                    cells.append(f"{key} {np.mean(control[weights][key]):.3f} -> {np.mean(gan[key]):.3f} "
+                                 f"({d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f})")
+                print(f"  {name:16}  {weights:10}  " + "   ".join(cells))
     if len(results) > 1:
-        print(f"GAN − control over {len(results)} seeds: mean (lowest, highest)")
-        for (weights, key), ds in over_seeds.items():
-            print(f"  {weights:10}  {key} {np.mean(ds):+.3f} ({min(ds):+.3f}, {max(ds):+.3f})")
+        print(f"GAN − control over {len(results)} seeds: mean ± standard error over seeds (lowest, highest)")
+        for (name, weights, key), ds in over_seeds.items():
+            print(f"  {name:16}  {weights:10}  {key} {np.mean(ds):+.3f} ± {np.std(ds, ddof=1) / np.sqrt(len(ds)):.3f} "
+                  f"({min(ds):+.3f}, {max(ds):+.3f})")
 
 
 def main(argv=None):
@@ -127,6 +139,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (train.seed)")
     p.add_argument("--steps", type=int, default=1600, help="train.steps of both branches")
     p.add_argument("--gan-start", type=int, default=1200, help="where the branches part (train.gan_start)")
+    p.add_argument("--warmups", type=int, nargs="+", default=[0],
+                   help="one GAN branch per D warm-up (train.gan_warmup: steps before G's loss takes the GAN term)")
     p.add_argument("--draws", type=int, default=5, help="draws of eval.num_samples latents per score (at least 2)")
     p.add_argument("--set", nargs="*", default=[], help="more config overrides for both branches, KEY=VALUE")
     p.add_argument("--threads", type=int, default=2)
@@ -134,6 +148,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 < args.gan_start < args.steps:
         p.error(f"--gan-start must lie inside the run (0 < {args.gan_start} < --steps {args.steps})")
+    if any(not 0 <= w < args.steps - args.gan_start for w in args.warmups):
+        p.error(f"--warmups must lie inside the GAN stage (0 <= W < {args.steps - args.gan_start}), got {args.warmups}")
     if args.draws < 2:
         p.error(f"--draws must be at least 2 (the paired difference's standard error), got {args.draws}")
     torch.set_num_threads(args.threads)

@@ -101,6 +101,7 @@ class TrainConfig:
     lambda_dsm: float | None = None   # None = adaptive (clamp [0, 1e4]); a number fixes it
     lambda_gan: float | None = None   # None = adaptive (clip [0.01, 10]); a number fixes it
     gan_start: int | None = None      # step at which the GAN stage starts (None = no GAN)
+    gan_warmup: int = 0               # first steps of the GAN stage: D trains, G's loss has no GAN term yet (official 0)
     discriminator: str = "tiny"       # tiny | tf_efficientnet_lite0+deit_base_distilled_patch16_224 (official) | efficientnet_b0+vit_b_16
     discriminator_weights: dict = field(default_factory=dict)
     diffaug: str = "color,translation,cutout"  # DiffAugment of D's real and fake inputs (official); "" = none
@@ -475,6 +476,7 @@ def _check_train(t, need):
     _optional(_number, "train.lambda_dsm", t.lambda_dsm, low=0)
     _optional(_number, "train.lambda_gan", t.lambda_gan, low=0)
     _optional(_count, "train.gan_start", t.gan_start, low=0)
+    _count("train.gan_warmup", t.gan_warmup, low=0)
     need(set(t.diffaug.split(",")) <= {"", "color", "translation", "cutout"},
          "train.diffaug", f"comma-separated DiffAugment policies of color, translation, cutout (or '' for none), "
          f"got {t.diffaug!r}")

@@ -115,7 +115,8 @@ def test_a_typo_in_a_config_is_refused(tmp_path):
     ("eval.two_step=[[a, 1]]", "eval.two_step"), ("sweep.gamma=.inf", "sweep.gamma"),
     ("sweep.cpus_per_trial=.inf", "sweep.cpus_per_trial"), ("student.init_lr=.inf", "student.init_lr"),
     ("teacher.components=0", "teacher.components"), ("train.diffaug=color,blur", "train.diffaug"),
-    ("student.channels=0", "student.channels"),
+    ("student.channels=0", "student.channels"), ("train.gan_warmup=-100", "train.gan_warmup"),
+    ("train.gan_warmup=1.5", "train.gan_warmup"),
 ])
 def test_impossible_numbers_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):

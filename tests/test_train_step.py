@@ -96,6 +96,20 @@ def test_gan_stage_alternates_g_and_d_steps(digits):
                      ("G", True, True, False, True)]    # step 2: G with λ_GAN·L_G
 
 
+def test_gan_warmup_trains_d_before_g_sees_it(digits):
+    """train.gan_warmup: the GAN stage's D steps start at gan_start, G's GAN term only gan_warmup steps later."""
+    teacher, images, labels = digits
+    cfg = config("train.gan_start=1", "train.gan_warmup=2")
+    state, step = fresh(cfg, teacher), CTMStep(cfg, GRID, teacher)
+    source = OnlineBatches(images, labels, cfg, GRID)
+    kinds = []
+    for _ in range(5):
+        stats = step(state, source(state.step))
+        kinds.append("D" if "loss_d" in stats else "G+GAN" if "loss_g" in stats else "G")
+        state.step += 1
+    assert kinds == ["G", "D", "G", "D", "G+GAN"]  # step 2 is inside the warm-up (2 < 1 + 2)
+
+
 def test_online_batches_draw_as_the_official_code(digits):
     """One k per step for every sample; n ~ U{0..N−1−k}; x_t = x0 + t_n·z; two workers' shares are the one-worker
     global batch; a batch is a function of the step alone (so resuming redraws it)."""

@@ -4,7 +4,8 @@ A worker's share of the global batch is cut into micro-batches; each micro-batch
 per micro-batch), and the gradients of all micro-batches of the global batch are summed: each worker back-propagates
 world_size × its micro-batch means and DDP averages over workers, so the update does not depend on how the global
 batch is spread over workers (the official code sums per GPU and averages over GPUs). Once the GAN stage has started
-(step >= train.gan_start) odd steps update D only and even steps G (g_learning_period = 2; the counter counts both).
+(step >= train.gan_start) odd steps update D only and even steps G (g_learning_period = 2; the counter counts both);
+G's loss takes its GAN term once D has had train.gan_warmup steps of the stage (official: 0).
 The target θ⁻ and the evaluation EMAs follow G after each G step.
 
 Precision: G and θ⁻ run under bf16 autocast on CUDA (fp32 on the CPU); everything else in fp32 with autocast off:
@@ -108,7 +109,7 @@ class CTMStep:
         self.teacher, self.device = teacher, torch.device(device)
         self.amp = self.device.type == "cuda" if amp is None else amp  # bf16 autocast of G and θ⁻
         self.rank, self.world_size = rank, world_size
-        self.micro, self.seed, self.gan_start = t.micro_batch, t.seed, t.gan_start
+        self.micro, self.seed, self.gan_start, self.gan_warmup = t.micro_batch, t.seed, t.gan_start, t.gan_warmup
         self.target_ema, self.lambda_dsm, self.lambda_gan = t.target_ema, t.lambda_dsm, t.lambda_gan
         self.use_labels, self.train_cfg = cfg.data.use_labels, t
 
@@ -186,7 +187,7 @@ class CTMStep:
         x0, x_t = mb["x0"].to(self.device), mb["x_t"].to(self.device)
         labels = mb["label"].to(self.device) if self.use_labels else None
         x_u = mb["x_u"].to(self.device) if "x_u" in mb else self.teacher_segment(x_t, n, k, labels)
-        gan = self.gan_start is not None and state.step >= self.gan_start
+        gan = self.gan_start is not None and state.step >= self.gan_start + self.gan_warmup
         # only G and θ⁻ under autocast (StudentView); D's own module, not its DDP wrapper: a G step takes no gradient
         # of D, and DDP would wait for one
         with torch.autocast(self.device.type, enabled=False):
