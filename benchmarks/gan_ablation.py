@@ -7,7 +7,8 @@ Per training seed, one run of the shipped `CTMStep` in this process (online teac
 learning rate over --steps) trains CTM + DSM up to --gan-start. There the whole state is copied, and the branches run
 on to --steps on the same batches: the control with CTM + DSM alone, and one GAN branch per --warmups W with a fresh
 discriminator from --gan-start (odd steps update D, even steps G, as the official loop; so it takes half as many G
-steps), G's loss taking the GAN term from step --gan-start + W (train.gan_warmup; the official W is 0). That is the
+steps), G's loss taking the GAN term from step --gan-start + W (train.gan_warmup; the official W is 0). W = --steps −
+--gan-start is the stage's schedule without the GAN term: G on even steps only, D trained but never used. That is the
 official two-stage recipe at equal steps: a CTM + DSM stage, then a GAN stage with a fresh D (digits.yaml's `pixels`
 D unless --set changes it). A seed other than 0 regresses its own teacher start first (about 4 minutes); a seed then
 takes about 6 minutes for its CTM + DSM stage and 2 for each branch.
@@ -148,8 +149,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 < args.gan_start < args.steps:
         p.error(f"--gan-start must lie inside the run (0 < {args.gan_start} < --steps {args.steps})")
-    if any(not 0 <= w < args.steps - args.gan_start for w in args.warmups):
-        p.error(f"--warmups must lie inside the GAN stage (0 <= W < {args.steps - args.gan_start}), got {args.warmups}")
+    if any(not 0 <= w <= args.steps - args.gan_start for w in args.warmups):
+        p.error(f"--warmups must lie inside the GAN stage (0 <= W <= --steps − --gan-start = "
+                f"{args.steps - args.gan_start}), got {args.warmups}")
     if args.draws < 2:
         p.error(f"--draws must be at least 2 (the paired difference's standard error), got {args.draws}")
     torch.set_num_threads(args.threads)
